@@ -1,0 +1,1 @@
+"""Stage 3: the batch evaluator (metrics, confusion matrices, figures, report)."""

@@ -1,0 +1,1 @@
+"""Stage 2: the distributed trainer (tf.distribute, mixed precision, exact resume)."""
