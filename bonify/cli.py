@@ -19,9 +19,7 @@ class BonifyError(Exception):
     """An error the user caused and can fix; the message names the file, key or flag."""
 
 
-def run_command(
-    program: str, main: Callable[[Sequence[str] | None], int | None], argv=None
-) -> int:
+def run_command(program: str, main: Callable[[Sequence[str] | None], int | None], argv=None) -> int:
     """Run `main(argv)` and turn a BonifyError into one line on stderr and exit code 2."""
     try:
         return int(main(argv) or 0)
