@@ -8,7 +8,7 @@ DEMO_DIR ?= demo_output
 # Extra arguments for the demo's preprocessing (e.g. DEMO_BEAM_ARGS="--runner=PortableRunner ...").
 DEMO_BEAM_ARGS ?=
 
-.PHONY: setup demo test lint format clean-demo
+.PHONY: setup demo test lint format clean-demo tensorboard
 
 # Reinstall whenever setup.py changes; the stamp file makes reruns instant.
 $(VENV)/.installed: setup.py
@@ -30,11 +30,26 @@ format: setup
 test: lint
 	$(BIN)/python -m pytest
 
-# Sample data -> Beam job. Rerunning the same command redoes it from scratch (--overwrite).
-demo: setup
-	$(BIN)/bonify-sample --output_dir $(DEMO_DIR)/raw
+# The demo: sample data -> Beam job -> trainer -> evaluator. Each step leaves a marker file
+# written last (the sample's stamp, the Beam job's manifest.json), so rerunning `make demo`
+# after a kill redoes only unfinished steps; the trainer resumes from its checkpoints.
+DEMO_IMAGE_SIZE := 128
+
+$(DEMO_DIR)/raw/.complete: $(VENV)/.installed
+	$(BIN)/bonify-sample --output_dir $(DEMO_DIR)/raw --overwrite
+	touch $@
+
+$(DEMO_DIR)/tfrecords/manifest.json: $(DEMO_DIR)/raw/.complete
 	$(BIN)/bonify-preprocess --input_dir $(DEMO_DIR)/raw --output_dir $(DEMO_DIR)/tfrecords \
-		--image_size 128 --overwrite $(DEMO_BEAM_ARGS)
+		--image_size $(DEMO_IMAGE_SIZE) --overwrite $(DEMO_BEAM_ARGS)
+
+demo: setup $(DEMO_DIR)/tfrecords/manifest.json
+
+# Serve a training job's TensorBoard logs on this machine: make tensorboard JOB=demo_output/job
+JOB ?= $(DEMO_DIR)/job
+TENSORBOARD_PORT ?= 6006
+tensorboard: setup
+	$(BIN)/tensorboard --logdir $(JOB)/tensorboard --host 127.0.0.1 --port $(TENSORBOARD_PORT)
 
 clean-demo:
 	rm -rf $(DEMO_DIR)
