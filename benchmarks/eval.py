@@ -1,0 +1,160 @@
+"""Benchmark of the evaluator's in-process inference path (not a test).
+
+Measures, in one run, over the same shards (one split, default train) and the same model:
+
+* evaluator: `eval.predict.iterate_predictions` (tf.data: parallel read, parse, decode to
+  uint8, batch, prefetch; the model in a tf.function under the distribution strategy);
+* bare: `model.predict` on the simplest input pipeline (TFRecordDataset -> parse + decode,
+  no parallelism options -> batch) - the baseline of the ratio;
+* ceiling (information only): `model.predict` on images already decoded into memory.
+
+Goal (issue 4): evaluator images/s >= 0.9 x bare images/s.
+
+    .venv/bin/python benchmarks/eval.py [--patients 600] [--image_size 128] [--repeats 3]
+    .venv/bin/python benchmarks/eval.py --data_dir OUT --split test  # existing shards
+
+Without --data_dir a sample tree is generated and preprocessed into a temp folder. The model
+is a small conv net in the trainer's contract (uint8 [B, S, S, 1] in, softmax [B, 14] out),
+untrained: throughput does not depend on the weights. Run from the repository root.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import sys
+import tempfile
+import time
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def build_model(image_size: int, width: int):
+    import keras
+
+    inputs = keras.Input((image_size, image_size, 1), dtype="uint8")
+    x = keras.layers.Rescaling(1 / 255.0)(inputs)
+    for filters in (width, width * 2, width * 4):
+        x = keras.layers.Conv2D(filters, 3, padding="same", activation="relu")(x)
+        x = keras.layers.MaxPooling2D()(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(14, activation="softmax", dtype="float32")(x)
+    return keras.Model(inputs, outputs)
+
+
+def make_shards(work: pathlib.Path, patients: int, image_size: int) -> pathlib.Path:
+    from beam_preprocess.__main__ import main as preprocess_main
+    from beam_preprocess.sample import generate_sample
+
+    generate_sample(work / "raw", patients=patients, seed=0)
+    out = work / "shards"
+    argv = ["--input_dir", str(work / "raw"), "--output_dir", str(out),
+            "--image_size", str(image_size), "--runner=FnApiRunner"]  # fmt: skip
+    if preprocess_main(argv) != 0:
+        raise SystemExit("preprocessing failed")
+    return out
+
+
+def time_evaluator(model, files, encoding, image_size, batch_size) -> tuple[int, float]:
+    from eval.predict import iterate_predictions
+
+    start, count = time.perf_counter(), 0
+    for probs, _ in iterate_predictions(model, files, encoding, image_size, batch_size, verbose=0):
+        count += len(probs)
+    return count, time.perf_counter() - start
+
+
+def simple_dataset(files, image_size, batch_size):
+    import tensorflow as tf
+
+    from bonify.vocabulary import RecordKeys, tf_feature_spec
+
+    spec = tf_feature_spec((RecordKeys.IMAGE,))
+
+    def decode(record):
+        image = tf.io.decode_png(tf.io.parse_single_example(record, spec)[RecordKeys.IMAGE], 1)
+        return tf.reshape(image, [image_size, image_size, 1])
+
+    return tf.data.TFRecordDataset(files).map(decode).batch(batch_size)
+
+
+def time_bare(model, files, image_size, batch_size) -> tuple[int, float]:
+    start = time.perf_counter()
+    probs = model.predict(simple_dataset(files, image_size, batch_size), verbose=0)
+    return len(probs), time.perf_counter() - start
+
+
+def time_ceiling(model, images, batch_size) -> tuple[int, float]:
+    start = time.perf_counter()
+    probs = model.predict(images, batch_size=batch_size, verbose=0)
+    return len(probs), time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data_dir", help="existing Beam job output (else a sample is made)")
+    parser.add_argument("--patients", type=int, default=600)
+    parser.add_argument("--image_size", type=int, default=128)
+    parser.add_argument("--width", type=int, default=16, help="filters of the first conv layer")
+    parser.add_argument(
+        "--split", default="train", help="split to run over (default train: the largest)"
+    )
+    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per method (best kept)")
+    args = parser.parse_args()
+
+    import numpy as np
+
+    from eval.predict import read_manifest, split_shards
+
+    with tempfile.TemporaryDirectory() as temp:
+        data_dir = pathlib.Path(args.data_dir or make_shards(pathlib.Path(temp), args.patients,
+                                                             args.image_size))  # fmt: skip
+        manifest = read_manifest(str(data_dir))
+        files = split_shards(str(data_dir), args.split, manifest)
+        image_size, encoding = int(manifest["image_size"]), manifest.get("encoding", "png")
+        if encoding != "png":
+            raise SystemExit("the bare baseline decodes PNG; use PNG shards")
+        model = build_model(image_size, args.width)
+        images = np.concatenate(list(simple_dataset(files, image_size, 256).as_numpy_iterator()))
+        # Warm-up: trace functions and fill caches before any timing.
+        time_evaluator(model, files, encoding, image_size, args.batch_size)
+        time_bare(model, files, image_size, args.batch_size)
+        methods = {
+            "evaluator": lambda: time_evaluator(
+                model, files, encoding, image_size, args.batch_size
+            ),
+            "bare model.predict": lambda: time_bare(model, files, image_size, args.batch_size),
+            "predict on decoded arrays": lambda: time_ceiling(model, images, args.batch_size),
+        }
+        # Methods alternate within each repeat, so a busy neighbour on a shared machine
+        # slows all of them alike; the best time of each is kept.
+        timings = {name: [] for name in methods}
+        for _ in range(args.repeats):
+            for name, run in methods.items():
+                timings[name].append(run())
+        results = {name: (runs[0][0], min(seconds for _, seconds in runs))
+                   for name, runs in timings.items()}  # fmt: skip
+    print(f"\ncommand: {' '.join([sys.executable, *sys.argv])}")
+    print(f"{args.split} images: {len(images)}, image_size {image_size}, batch {args.batch_size}, "
+          f"best of {args.repeats}, {os.cpu_count()} CPUs")  # fmt: skip
+    print(f"{'method':<28} {'images':>7} {'seconds':>8} {'images/s':>9}")
+    for name, (count, seconds) in results.items():
+        print(f"{name:<28} {count:>7} {seconds:>8.2f} {count / seconds:>9.1f}")
+    evaluator = results["evaluator"][0] / results["evaluator"][1]
+    bare = results["bare model.predict"][0] / results["bare model.predict"][1]
+    ratio = evaluator / bare
+    print(
+        f"ratio evaluator / bare: {ratio:.3f} (goal >= 0.9: {'met' if ratio >= 0.9 else 'NOT met'})"
+    )
+    print(
+        json.dumps({"evaluator_images_per_s": evaluator, "bare_images_per_s": bare, "ratio": ratio})
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,30 @@
+"""`python -m eval` / `bonify-eval`: evaluate a model on a split, or saved predictions."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from bonify.cli import run_command
+
+
+def _run(argv: Sequence[str] | None) -> int:
+    from eval.options import parse_args
+    from eval.run import evaluate
+
+    evaluate(parse_args(argv))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the evaluator with `argv` (default: sys.argv[1:]); returns the exit code."""
+    return run_command("bonify-eval", _run, argv)
+
+
+def console_main() -> None:
+    """Entry point of the `bonify-eval` console script."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    console_main()

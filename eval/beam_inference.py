@@ -1,0 +1,128 @@
+"""Beam mode: the same inference as `eval.predict`, as a RunInference pipeline.
+
+ReadFromTFRecord(split shards) -> decode to uint8 [S, S, 1] -> RunInference with a small
+Keras 3 model handler (Beam's TensorFlow handler needs tensorflow_hub and tf_keras) ->
+JSON lines in a scratch folder under the output folder -> Predictions (then the scratch
+folder is deleted). With --runner=DataflowRunner the same job scales out; the workers
+need this package (--setup_file ./setup.py) and gs:// paths.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Sequence
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult
+
+from eval.errors import EvalError
+from eval.predictions import Predictions, make_predictions
+
+#: Scratch folder (inside --output_dir) for the pipeline's JSON-lines output.
+SCRATCH_DIR = ".beam_inference"
+
+
+class KerasModelHandler(ModelHandler):
+    """Loads a `.keras` model with keras.saving.load_model; batches of uint8 [S, S, 1]
+    numpy images -> PredictionResult(inference=float32 [14] probabilities)."""
+
+    def __init__(self, model_path: str, max_batch_size: int = 64):
+        super().__init__()
+        self._model_path = model_path
+        self._max_batch_size = max_batch_size
+
+    def load_model(self):
+        import keras
+
+        return keras.saving.load_model(self._model_path)
+
+    def run_inference(self, batch: Sequence[np.ndarray], model, inference_args=None):
+        probs = np.asarray(model.predict_on_batch(np.stack(batch)), dtype=np.float32)
+        # The example is not echoed back: images would only cost memory downstream.
+        return [PredictionResult(None, row) for row in probs]
+
+    def batch_elements_kwargs(self):
+        return {"min_batch_size": 1, "max_batch_size": self._max_batch_size}
+
+
+def decode_record(serialized: bytes, encoding: str, image_size: int):
+    """A serialized tf.train.Example -> ((path, label, patient_id, study_id), uint8 [S, S, 1])."""
+    import tensorflow as tf
+
+    from bonify.vocabulary import RecordKeys
+    from eval.predict import decode_image
+
+    features = tf.train.Example.FromString(serialized).features.feature
+
+    def text(key):
+        return features[key].bytes_list.value[0].decode()
+
+    key = (
+        text(RecordKeys.PATH),
+        int(features[RecordKeys.LABEL].int64_list.value[0]),
+        text(RecordKeys.PATIENT_ID),
+        text(RecordKeys.STUDY_ID),
+    )
+    image = decode_image(features[RecordKeys.IMAGE].bytes_list.value[0], encoding, image_size)
+    return key, image.numpy()
+
+
+def to_json_line(keyed_result) -> str:
+    """(key, PredictionResult) -> one JSON object per image."""
+    (path, label, patient_id, study_id), result = keyed_result
+    return json.dumps({"path": path, "label": label, "patient_id": patient_id,
+                       "study_id": study_id, "probs": [float(p) for p in result.inference]})  # fmt: skip
+
+
+def build_pipeline(pipeline, files: Iterable[str], model_path: str, encoding: str,
+                   image_size: int, batch_size: int, output_prefix: str):  # fmt: skip
+    """Add the inference steps to `pipeline`; results go to `output_prefix`-*.jsonl."""
+    handler = KeyedModelHandler(KerasModelHandler(model_path, batch_size))
+    return (
+        pipeline
+        | "ShardPaths" >> beam.Create(sorted(files))
+        | "ReadRecords" >> beam.io.ReadAllFromTFRecord()
+        | "Decode" >> beam.Map(decode_record, encoding=encoding, image_size=image_size)
+        | "RunInference" >> beam.ml.inference.RunInference(handler)
+        | "ToJson" >> beam.Map(to_json_line)
+        | "Write" >> beam.io.WriteToText(output_prefix, file_name_suffix=".jsonl")
+    )
+
+
+def predict_split_beam(model_path: str, data_dir: str, split: str, batch_size: int,
+                       output_dir: str, beam_args: Sequence[str]) -> Predictions:  # fmt: skip
+    """Run the Beam inference pipeline over `split` and return its Predictions."""
+    import tensorflow as tf
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from eval.predict import check_model_input, load_model, read_manifest, split_shards
+
+    manifest = read_manifest(data_dir)
+    files = split_shards(data_dir, split, manifest)
+    image_size = int(manifest["image_size"])
+    # Checked here, before any worker starts, so a wrong model is one clear line.
+    check_model_input(load_model(model_path), image_size, model_path)
+    scratch = os.path.join(output_dir, SCRATCH_DIR)
+    if tf.io.gfile.exists(scratch):
+        tf.io.gfile.rmtree(scratch)
+    with beam.Pipeline(options=PipelineOptions(list(beam_args))) as pipeline:
+        build_pipeline(pipeline, files, model_path, manifest.get("encoding", "png"), image_size,
+                       batch_size, os.path.join(scratch, "predictions"))  # fmt: skip
+    rows = []
+    for path in sorted(tf.io.gfile.glob(os.path.join(scratch, "predictions*.jsonl"))):
+        with tf.io.gfile.GFile(path) as handle:
+            rows += [json.loads(line) for line in handle if line.strip()]
+    tf.io.gfile.rmtree(scratch)
+    if not rows:
+        raise EvalError(f"--split {split}: the shards of {data_dir} hold no records")
+    probs = np.asarray([row["probs"] for row in rows], dtype=np.float64)
+    return make_predictions(
+        [row["path"] for row in rows],
+        [row["label"] for row in rows],
+        probs / probs.sum(axis=1, keepdims=True),
+        patient_ids=[row["patient_id"] for row in rows],
+        study_ids=[row["study_id"] for row in rows],
+        source=f"Beam inference of {model_path} on {split}",
+    )

@@ -1,0 +1,229 @@
+"""In-process batch inference: a split's shards -> tf.data -> the model -> probabilities.
+
+The input pipeline mirrors the trainer's: uint8 [batch, S, S, 1] images (the model rescales
+inside), records read in shard order so the output rows are deterministic. The model runs
+under the default strategy, or MirroredStrategy when more than one GPU is visible.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+
+import numpy as np
+
+from bonify.vocabulary import (
+    IMAGE_ENCODINGS,
+    MANIFEST_FILE,
+    SPLITS,
+    RecordKeys,
+    shard_pattern,
+    tf_feature_spec,
+)
+from eval.errors import EvalError
+from eval.predictions import Predictions, make_predictions
+
+#: Record keys the evaluator reads (the image plus what a predictions row needs).
+METADATA_KEYS = (RecordKeys.PATH, RecordKeys.LABEL, RecordKeys.PATIENT_ID, RecordKeys.STUDY_ID)
+
+
+def read_manifest(data_dir: str) -> dict:
+    """The Beam job's manifest.json of `data_dir` (local or gs://); EvalError when missing/bad."""
+    import tensorflow as tf
+
+    path = os.path.join(data_dir, MANIFEST_FILE)
+    if not tf.io.gfile.exists(path):
+        raise EvalError(f"--data_dir {data_dir}: no {MANIFEST_FILE} (run the Beam job first)")
+    try:
+        with tf.io.gfile.GFile(path, "r") as handle:
+            manifest = json.load(handle)
+        int(manifest["image_size"])
+        manifest["splits"]  # noqa: B018  (presence check)
+    except (ValueError, KeyError, TypeError) as error:
+        raise EvalError(f"{path}: not a valid manifest ({type(error).__name__}: {error})") from None
+    return manifest
+
+
+def split_shards(data_dir: str, split: str, manifest: dict) -> list[str]:
+    """The sorted shard files of `split`; EvalError for an unknown or empty split."""
+    import tensorflow as tf
+
+    if split not in SPLITS:
+        raise EvalError(f"--split {split}: unknown split; choose one of {', '.join(SPLITS)}")
+    images = manifest.get("splits", {}).get(split, {}).get("images")
+    if images == 0:
+        raise EvalError(
+            f"--split {split}: the split of {data_dir} has no images; nothing to evaluate"
+        )
+    files = sorted(tf.io.gfile.glob(os.path.join(data_dir, shard_pattern(split))))
+    if not files:
+        raise EvalError(f"--data_dir {data_dir}: no shards match {shard_pattern(split)}")
+    return files
+
+
+def load_model(model_path: str):
+    """Load a Keras 3 model saved by the trainer (`final.keras`); EvalError when it cannot."""
+    import keras
+    import tensorflow as tf
+
+    if not tf.io.gfile.exists(model_path):
+        raise EvalError(f"--model {model_path}: file not found")
+    try:
+        return keras.saving.load_model(model_path)
+    except (ValueError, OSError, TypeError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise EvalError(f"--model {model_path}: cannot load ({first_line})") from None
+
+
+def check_model_input(model, image_size: int, model_path: str) -> None:
+    """EvalError unless the model takes [batch, image_size, image_size, 1] images."""
+    shape = tuple(model.input_shape)
+    expected = (image_size, image_size, 1)
+    if len(shape) != 4 or tuple(shape[1:]) != expected:
+        raise EvalError(
+            f"--model {model_path}: model input is {list(shape[1:])} but the shards hold "
+            f"{list(expected)} images (manifest image_size {image_size}); evaluate it on shards "
+            "written with the image size it was trained on"
+        )
+
+
+def decode_image(encoded, encoding: str, image_size: int):
+    """One record's image bytes -> uint8 [image_size, image_size, 1] tensor."""
+    import tensorflow as tf
+
+    if encoding == "png":
+        image = tf.io.decode_png(encoded, channels=1)
+    elif encoding == "jpeg":
+        image = tf.io.decode_jpeg(encoded, channels=1)
+    else:
+        image = tf.io.decode_raw(encoded, tf.uint8)
+    return tf.reshape(image, [image_size, image_size, 1])
+
+
+def make_dataset(files: list[str], encoding: str, image_size: int, batch_size: int):
+    """tf.data of (uint8 images [B, S, S, 1], metadata dict of [B] tensors), in shard order."""
+    import tensorflow as tf
+
+    if encoding not in IMAGE_ENCODINGS:
+        raise EvalError(
+            f"manifest encoding {encoding!r} is not one of {', '.join(IMAGE_ENCODINGS)}"
+        )
+    spec = tf_feature_spec((RecordKeys.IMAGE, *METADATA_KEYS))
+
+    def parse(serialized):
+        features = tf.io.parse_single_example(serialized, spec)
+        image = decode_image(features.pop(RecordKeys.IMAGE), encoding, image_size)
+        return image, features
+
+    # Parallel reads and maps stay deterministic (the tf.data default), so rows keep shard order.
+    dataset = tf.data.TFRecordDataset(files, num_parallel_reads=tf.data.AUTOTUNE)
+    dataset = dataset.map(parse, num_parallel_calls=tf.data.AUTOTUNE)
+    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def make_strategy():
+    """MirroredStrategy over the GPUs when there are several, else the default strategy."""
+    import tensorflow as tf
+
+    gpus = tf.config.list_logical_devices("GPU")
+    if len(gpus) > 1:
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def make_predict_function(model, strategy):
+    """A compiled batch -> float32 [B, 14] probabilities function under `strategy`.
+
+    With several replicas each gets a contiguous slice of the batch and the outputs are
+    gathered back in order.
+    """
+    import tensorflow as tf
+
+    replicas = strategy.num_replicas_in_sync
+    # XLA exactly when Keras' own predict would use it (Keras turns it off on CPU-only hosts).
+    jit_compile = bool(getattr(model, "jit_compile", False))
+    if replicas == 1:
+        return tf.function(
+            lambda images: model(images, training=False),
+            reduce_retracing=True,
+            jit_compile=jit_compile,
+        )
+
+    @tf.function(reduce_retracing=True, jit_compile=jit_compile)
+    def predict(images):
+        size = tf.shape(images)[0]
+        per_replica = (size + replicas - 1) // replicas
+
+        def slice_for(context):
+            start = tf.minimum(context.replica_id_in_sync_group * per_replica, size)
+            return images[start : tf.minimum(start + per_replica, size)]
+
+        sliced = strategy.experimental_distribute_values_from_function(slice_for)
+        outputs = strategy.run(lambda batch: model(batch, training=False), args=(sliced,))
+        return strategy.gather(outputs, axis=0)
+
+    return predict
+
+
+def iterate_predictions(
+    model, files: list[str], encoding: str, image_size: int, batch_size: int, total=None,
+    strategy=None, verbose: int = 1,
+) -> Iterator[tuple[np.ndarray, dict]]:  # fmt: skip
+    """Yield (probs float32 [B, 14], metadata dict of numpy [B]) per batch, with a progress bar."""
+    import keras
+
+    strategy = strategy or make_strategy()
+    predict = make_predict_function(model, strategy)
+    progress = keras.utils.Progbar(total, unit_name="image", verbose=verbose) if verbose else None
+    seen = 0
+    for images, metadata in make_dataset(files, encoding, image_size, batch_size):
+        probs = np.asarray(predict(images), dtype=np.float32)
+        seen += len(probs)
+        if progress is not None:
+            progress.update(seen)
+        yield probs, {key: value.numpy() for key, value in metadata.items()}
+
+
+def predict_split(
+    model_path: str, data_dir: str, split: str, batch_size: int, verbose: int = 1
+) -> Predictions:
+    """Run the model over every image of `split` and return validated Predictions (shard order)."""
+    manifest = read_manifest(data_dir)
+    files = split_shards(data_dir, split, manifest)
+    image_size = int(manifest["image_size"])
+    model = load_model(model_path)
+    check_model_input(model, image_size, model_path)
+    total = manifest.get("splits", {}).get(split, {}).get("images")
+    chunks, metadata = [], {key: [] for key in METADATA_KEYS}
+    for probs, batch in iterate_predictions(
+        model,
+        files,
+        manifest.get("encoding", "png"),
+        image_size,
+        batch_size,
+        total,
+        verbose=verbose,
+    ):
+        chunks.append(probs)
+        for key in METADATA_KEYS:
+            metadata[key].append(batch[key])
+    if not chunks:
+        raise EvalError(f"--split {split}: the shards of {data_dir} hold no records")
+    text = {key: [value.decode() for value in np.concatenate(metadata[key])]
+            for key in (RecordKeys.PATH, RecordKeys.PATIENT_ID, RecordKeys.STUDY_ID)}  # fmt: skip
+    return make_predictions(
+        text[RecordKeys.PATH],
+        np.concatenate(metadata[RecordKeys.LABEL]),
+        _renormalized(np.concatenate(chunks)),
+        patient_ids=text[RecordKeys.PATIENT_ID],
+        study_ids=text[RecordKeys.STUDY_ID],
+        source=f"model {model_path} on {split}",
+    )
+
+
+def _renormalized(probs: np.ndarray) -> np.ndarray:
+    # float16/bfloat16 softmax outputs can be off 1 by more than float32 rounding; the
+    # predictions format promises rows summing to 1.
+    probs = probs.astype(np.float64)
+    return probs / probs.sum(axis=1, keepdims=True)

@@ -1,0 +1,152 @@
+"""Orchestration: predictions (from a file, in-process inference or Beam) -> metrics ->
+files, figures, report, TensorBoard. Everything is computed before anything is written,
+so a failing run never leaves a half-replaced output folder."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import io
+import json
+import os
+
+import pandas as pd
+
+from bonify.vocabulary import CLASS_NAMES, REGIONS
+from eval.errors import EvalError
+from eval.metrics import row_normalized
+from eval.predictions import Predictions, predictions_csv_text, read_predictions
+
+#: Every file a run writes to the output folder (figures are listed in eval.figures.FIGURES).
+TABLE_FILES = (
+    "predictions.csv",
+    "study_predictions.csv",
+    "confusion_matrix.csv",
+    "confusion_matrix_normalized.csv",
+    "region_confusion.csv",
+    "per_class.csv",
+    "per_region.csv",
+    "metrics.json",
+    "report.html",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """What to evaluate and where to write. Exactly one of `predictions` and `model` is set."""
+
+    output_dir: str
+    predictions: str | None = None  # a predictions CSV (local or gs://)
+    model: str | None = None  # a .keras model (the trainer's JOB/model/final.keras)
+    data_dir: str | None = None  # the Beam job's output folder (with --model)
+    split: str = "test"
+    batch_size: int = 64
+    bootstrap_resamples: int = 1000
+    seed: int = 0
+    beam_args: tuple[str, ...] | None = None  # set: run inference as a Beam pipeline
+    verbose: int = 1
+
+
+def _csv(table: pd.DataFrame, index: bool = False) -> str:
+    buffer = io.StringIO()
+    table.to_csv(buffer, index=index)
+    return buffer.getvalue()
+
+
+def output_files(predictions: Predictions, metrics: dict, tables: dict) -> dict[str, str]:
+    """File name -> text of every CSV and metrics.json."""
+    confusion = pd.DataFrame(tables["confusion"], index=CLASS_NAMES, columns=CLASS_NAMES)
+    confusion.index.name = "true_class"
+    normalized = pd.DataFrame(
+        row_normalized(tables["confusion"]), index=CLASS_NAMES, columns=CLASS_NAMES
+    )
+    normalized.index.name = "true_class"
+    regions = pd.DataFrame(tables["region_confusion"], index=REGIONS, columns=REGIONS)
+    regions.index.name = "true_region"
+    per_region = pd.DataFrame(
+        [
+            {"region": region, **metrics["per_region"][region],
+             **{f"study_{key}": value
+                for key, value in metrics["study_level"]["per_region"][region].items()}}
+            for region in REGIONS
+        ]
+    )  # fmt: skip
+    return {
+        "predictions.csv": predictions_csv_text(predictions),
+        "study_predictions.csv": _csv(tables["studies"]),
+        "confusion_matrix.csv": _csv(confusion, index=True),
+        "confusion_matrix_normalized.csv": _csv(normalized, index=True),
+        "region_confusion.csv": _csv(regions, index=True),
+        "per_class.csv": _csv(pd.DataFrame(metrics["per_class"])),
+        "per_region.csv": _csv(per_region),
+        # allow_nan=False: a NaN anywhere is a bug, not something to write.
+        "metrics.json": json.dumps(metrics, indent=2, allow_nan=False) + "\n",
+    }
+
+
+def _check_output_dir(output_dir: str) -> None:
+    import tensorflow as tf
+
+    if not output_dir.strip():
+        raise EvalError("--output_dir is empty")
+    if tf.io.gfile.exists(output_dir) and not tf.io.gfile.isdir(output_dir):
+        raise EvalError(f"--output_dir {output_dir}: exists and is not a folder")
+
+
+def obtain_predictions(config: EvalConfig) -> Predictions:
+    """The predictions to evaluate, per the config's mode."""
+    if config.predictions is not None:
+        return read_predictions(config.predictions)
+    if config.beam_args is not None:
+        from eval.beam_inference import predict_split_beam
+
+        return predict_split_beam(
+            config.model, config.data_dir, config.split, config.batch_size,
+            config.output_dir, config.beam_args,
+        )  # fmt: skip
+    from eval.predict import predict_split
+
+    return predict_split(
+        config.model, config.data_dir, config.split, config.batch_size, verbose=config.verbose
+    )
+
+
+def evaluate(config: EvalConfig) -> dict:
+    """Run the whole evaluation; returns metrics.json's content. Prints the summary table."""
+    import tensorflow as tf
+
+    from eval.figures import make_figures
+    from eval.metrics import compute_metrics
+    from eval.report import render_report, summary_text
+
+    _check_output_dir(config.output_dir)
+    predictions = obtain_predictions(config).sorted_by_path()
+    metrics, tables = compute_metrics(predictions, config.bootstrap_resamples, config.seed)
+    source = config.predictions or f"{config.model} on {config.data_dir} split {config.split}"
+    metrics["source"] = {
+        "predictions": config.predictions,
+        "model": config.model,
+        "data_dir": config.data_dir,
+        "split": None if config.predictions else config.split,
+        "inference": None if config.predictions else ("beam" if config.beam_args else "in-process"),
+        "created_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    figures = make_figures(predictions, metrics, tables)
+    files = output_files(predictions, metrics, tables)
+    files["report.html"] = render_report(metrics, figures, "bonify evaluation", source)
+
+    tf.io.gfile.makedirs(config.output_dir)
+    for name, text in files.items():
+        with tf.io.gfile.GFile(os.path.join(config.output_dir, name), "w") as handle:
+            handle.write(text)
+    for name, png in figures.items():
+        with tf.io.gfile.GFile(os.path.join(config.output_dir, name), "wb") as handle:
+            handle.write(png)
+    if config.model is not None:
+        from eval.tensorboard import write_tensorboard
+
+        write_tensorboard(config.output_dir, metrics, figures)
+
+    print(summary_text(metrics))
+    print(f"\nreport: {os.path.join(config.output_dir, 'report.html')}")
+    return metrics
