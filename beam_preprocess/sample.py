@@ -21,6 +21,9 @@ Output is deterministic for a given seed: every image is drawn from an RNG seede
 The generator writes to a local folder (plain files; it is a data generator, not a stage
 that runs on Dataflow): copy the result to gs:// with `gsutil -m cp -r` if needed.
 
+By default (DEFAULT_PATIENTS = 240 patients, 20% of them in `valid/`) it writes 780 images
+in 318 studies, every one of the 14 classes in both folders, in about 15 s on 2 cores.
+
     bonify-sample --output_dir demo_output/raw            # DEFAULT_PATIENTS patients
     python -m beam_preprocess.sample --output_dir /tmp/mura --patients 40 --seed 1
 """
@@ -43,13 +46,17 @@ from PIL import Image, ImageDraw, ImageFilter
 from bonify import vocabulary as vocab
 from bonify.cli import BonifyError, run_command
 
-#: About 2.8 images per study and 1.4 studies per patient: ~900 images, ~15 s to write.
+#: About 2.45 images per study and 1.3 studies per patient: 780 images (seed 0), 318
+#: studies, about 110 MB, written in 12-17 s on 2 shared cores.
 DEFAULT_PATIENTS = 240
 #: Share of patients placed in MURA's `valid/` folder (the test split).
 VALID_PATIENT_FRACTION = 0.2
 #: The real release numbers valid patients from 11185 on; train patients from 1.
 FIRST_VALID_PATIENT_ID = 11185
 IMAGE_LONG_SIDE = 512
+#: zlib level 1: PNG encoding dominates generation time; level 1 is ~2.7x faster than
+#: Pillow's default 6 for ~13% larger files (still lossless).
+PNG_COMPRESS_LEVEL = 1
 ABNORMAL_PROBABILITY = 0.45
 STUDIES_PER_PATIENT_WEIGHTS = (0.7, 0.22, 0.08)  # 1, 2 or 3 studies
 IMAGES_PER_STUDY_WEIGHTS = (0.2, 0.35, 0.3, 0.15)  # 1, 2, 3 or 4 images
@@ -94,9 +101,11 @@ def plan_studies(patients: int, seed: int) -> list[PlannedStudy]:
     num_valid = max(1, round(patients * VALID_PATIENT_FRACTION)) if patients > 1 else 0
     num_train = patients - num_valid
     patient_plan = [("train", f"{number:05d}") for number in range(1, num_train + 1)]
-    patient_plan += [
-        ("valid", f"{FIRST_VALID_PATIENT_ID + offset:05d}") for offset in range(num_valid)
-    ]
+    # Valid ids follow the release's numbering, or the train ids if there are that many.
+    first_valid = max(FIRST_VALID_PATIENT_ID, num_train + 1)
+    if first_valid + num_valid - 1 > 99999:  # MURA patient ids have 5 digits
+        raise SampleError(f"--patients {patients} is too many for 5-digit patient ids")
+    patient_plan += [("valid", f"{first_valid + offset:05d}") for offset in range(num_valid)]
     studies: list[PlannedStudy] = []
     position_in_folder: collections.Counter[str] = collections.Counter()
     for folder, patient_id in patient_plan:
@@ -262,7 +271,7 @@ def draw_radiograph(study: PlannedStudy, image_index: int, seed: int) -> Image.I
     canvas = canvas.filter(ImageFilter.GaussianBlur(unit * 0.03))
     draw = ImageDraw.Draw(canvas)
 
-    cortex = int(rng.integers(185, 225))
+    cortex = int(rng.integers(165, 205))  # below metal (250-255)
     marrow = cortex - int(rng.integers(35, 55))
     for bone in bones:
         start, end = to_pixels(bone.start), to_pixels(bone.end)
@@ -290,48 +299,54 @@ def draw_radiograph(study: PlannedStudy, image_index: int, seed: int) -> Image.I
 
 
 def draw_defect(draw, defect, bones, to_pixels, unit, background, rng) -> None:
-    """Draw the abnormality on the longest bone: a displaced fracture gap or a metal plate."""
+    """Draw the abnormality on the longest bone: a displaced fracture gap or a metal plate.
+
+    Both are sized in `unit` (about the canvas's mean side) so they stay a few pixels wide
+    after the image is padded and shrunk to 64 px.
+    """
     bone = max(bones, key=lambda b: math.dist(b.start, b.end))
     where = float(rng.uniform(0.35, 0.65))
-    centre = tuple(s + where * (e - s) for s, e in zip(bone.start, bone.end, strict=True))
+    centre = np.add(bone.start, where * np.subtract(bone.end, bone.start))
     direction = np.subtract(bone.end, bone.start)
     direction = direction / np.linalg.norm(direction)
     normal = np.array([-direction[1], direction[0]])
-    if defect == "fracture":
-        # A dark gap across the bone, slanted, wider than the bone, plus a step (displacement).
-        slant = normal + direction * float(rng.uniform(-0.4, 0.4))
-        half = slant * bone.width * 1.4
-        a = to_pixels((centre[0] - half[0], centre[1] - half[1]))
-        b = to_pixels((centre[0] + half[0], centre[1] + half[1]))
-        draw.line([a, b], fill=background + 5, width=max(5, int(unit * 0.06)))
-        step = normal * bone.width * 0.5
-        shifted_start = to_pixels(
-            (centre[0] + direction[0] * 0.04 + step[0], centre[1] + direction[1] * 0.04 + step[1])
-        )
-        shifted_end = to_pixels(
-            (centre[0] + direction[0] * 0.2 + step[0], centre[1] + direction[1] * 0.2 + step[1])
-        )
+
+    def line(a, b, fill: int, width_units: float) -> None:
         draw.line(
-            [shifted_start, shifted_end],
-            fill=int(rng.integers(150, 190)),
-            width=max(3, int(unit * bone.width * 0.8)),
+            [to_pixels(tuple(a)), to_pixels(tuple(b))],
+            fill=fill,
+            width=max(4, int(unit * width_units)),
+        )
+
+    if defect == "fracture":
+        # A wide dark gap across the bone, slanted and longer than the bone is wide, then the
+        # distal fragment displaced sideways (a visible step in the cortex).
+        slant = normal + direction * float(rng.uniform(-0.4, 0.4))
+        half = slant * max(bone.width, 0.07) * 1.6
+        line(centre - half, centre + half, background + 5, 0.085)
+        step = normal * max(bone.width, 0.06) * float(rng.choice([-0.7, 0.7]))
+        line(
+            centre + direction * 0.07 + step,
+            centre + direction * 0.26 + step,
+            int(rng.integers(150, 190)),
+            max(bone.width, 0.05) * 0.9,
+        )
+        line(
+            centre + direction * 0.045 - half * 0.8,
+            centre + direction * 0.045 + half * 0.8,
+            background + 5,
+            0.03,
         )
     else:
-        # Hardware: a bright plate along the bone with dark screw holes.
-        along = direction * 0.2
-        offset = normal * bone.width * 0.9
-        a = to_pixels((centre[0] - along[0] + offset[0], centre[1] - along[1] + offset[1]))
-        b = to_pixels((centre[0] + along[0] + offset[0], centre[1] + along[1] + offset[1]))
-        draw.line([a, b], fill=255, width=max(5, int(unit * 0.065)))
-        for fraction in (-0.8, -0.27, 0.27, 0.8):
-            x, y = to_pixels(
-                (
-                    centre[0] + along[0] * fraction + offset[0],
-                    centre[1] + along[1] * fraction + offset[1],
-                )
-            )
-            radius = max(2.0, unit * 0.016)
-            draw.ellipse([x - radius, y - radius, x + radius, y + radius], fill=90)
+        # Hardware: a bright plate along the bone and screws crossing it, brighter than bone
+        # and reaching into the soft tissue on both sides.
+        along = direction * 0.22
+        offset = normal * bone.width * 0.75
+        line(centre - along + offset, centre + along + offset, 255, 0.06)
+        for fraction in (-0.85, -0.3, 0.3, 0.85):
+            screw_centre = centre + along * fraction
+            reach = normal * max(bone.width, 0.06) * 1.3
+            line(screw_centre - reach, screw_centre + reach + offset, 250, 0.025)
 
 
 # --- Writing -----------------------------------------------------------------------------
@@ -358,7 +373,9 @@ def generate_sample(
         study_lines[study.folder].append(f"{study.relative_dir},{study.abnormal}")
         for image_index in range(1, study.num_images + 1):
             relative_path = f"{study.relative_dir}image{image_index}.png"
-            draw_radiograph(study, image_index, seed).save(output_dir / relative_path)
+            draw_radiograph(study, image_index, seed).save(
+                output_dir / relative_path, compress_level=PNG_COMPRESS_LEVEL
+            )
             image_lines[study.folder].append(relative_path)
     for folder in vocab.MURA_FOLDERS:
         (mura_root / folder).mkdir(parents=True, exist_ok=True)
@@ -405,8 +422,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--patients",
         type=int,
         default=DEFAULT_PATIENTS,
-        help=f"number of patients (default {DEFAULT_PATIENTS}: ~900 images; "
-        f"{VALID_PATIENT_FRACTION:.0%} go to valid/)",
+        help=f"number of patients (default {DEFAULT_PATIENTS}: ~780 images, ~15 s; "
+        f"{VALID_PATIENT_FRACTION * 100:.0f}%% go to valid/)",
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument(
@@ -425,6 +442,8 @@ def write_sample_command(args: argparse.Namespace) -> int:
         raise SampleError(
             "--output_dir must be a local folder; copy the sample to gs:// afterwards"
         )
+    if pathlib.Path(args.output_dir).exists() and not pathlib.Path(args.output_dir).is_dir():
+        raise SampleError(f"--output_dir {args.output_dir} exists and is not a folder")
     mura_root = pathlib.Path(args.output_dir) / vocab.MURA_ROOT_NAME
     if mura_root.exists() and any(mura_root.iterdir()) and not args.overwrite:
         raise SampleError(
