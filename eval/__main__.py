@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 
 from bonify.cli import run_command
+
+# TensorFlow's INFO lines (oneDNN, CPU features, CUDA stubs) drown the progress output;
+# warnings and errors still show. Set TF_CPP_MIN_LOG_LEVEL=0 to see everything.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
 
 def _run(argv: Sequence[str] | None) -> int:

@@ -1,0 +1,96 @@
+"""Bad input gives one line `bonify-train: error: ...` and exit code 2, never a traceback."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from trainer.__main__ import main
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
+TINY = [
+    "--set", "model.backbone=small_cnn", "--set", "model.weights=none",
+    "--set", "model.small_cnn_width=4", "--set", "data.image_size=64",
+    "--set", "training.global_batch_size=8", "--set", "training.steps_per_epoch=2",
+    "--set", "training.validation_steps=1", "--set", "distribute.mixed_precision=off",
+]  # fmt: skip
+
+
+def _error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("bonify-train: error: ")
+    return err[0]
+
+
+def test_missing_data_dir(tmp_path, capsys):
+    assert main(["--data_dir", str(tmp_path / "nope"), "--job_dir", str(tmp_path / "j")]) == 2
+    assert "no such directory" in _error_line(capsys)
+
+
+def test_empty_data_dir(tmp_path, capsys):
+    assert main(["--data_dir", str(tmp_path), "--job_dir", str(tmp_path / "j")]) == 2
+    assert "manifest.json" in _error_line(capsys)
+
+
+def test_image_size_different_from_manifest(sample_shards_dir, tmp_path, capsys):
+    argv = ["--data_dir", str(sample_shards_dir), "--job_dir", str(tmp_path / "j"), *TINY]
+    assert main([*argv, "--set", "data.image_size=32"]) == 2
+    line = _error_line(capsys)
+    assert "data.image_size" in line and "64" in line
+
+
+def test_split_without_shards(sample_shards_dir, tmp_path, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(sample_shards_dir, data)
+    for shard in data.glob("mura-validation.tfrecord-*"):
+        shard.unlink()
+    assert main(["--data_dir", str(data), "--job_dir", str(tmp_path / "j"), *TINY]) == 2
+    assert "'validation' has no shards" in _error_line(capsys)
+
+
+def test_unknown_config_key(sample_shards_dir, tmp_path, capsys):
+    argv = ["--data_dir", str(sample_shards_dir), "--job_dir", str(tmp_path / "j")]
+    assert main([*argv, "--set", "training.epochz=3"]) == 2
+    assert "training.epochz" in _error_line(capsys)
+
+
+def test_unreadable_weights_file(sample_shards_dir, tmp_path, capsys):
+    argv = ["--data_dir", str(sample_shards_dir), "--job_dir", str(tmp_path / "j"), *TINY]
+    assert main([*argv, "--set", f"model.weights={tmp_path / 'missing.weights.h5'}"]) == 2
+    assert "missing.weights.h5" in _error_line(capsys)
+
+
+def test_corrupt_shard_is_named(sample_shards_dir, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(sample_shards_dir, data)
+    victim = sorted(data.glob("mura-train.tfrecord-*"))[3]
+    raw = bytearray(victim.read_bytes())
+    for index in range(40, min(len(raw), 400)):
+        raw[index] ^= 0x5A  # breaks the record CRCs
+    victim.write_bytes(bytes(raw))
+    manifest = json.loads((data / "manifest.json").read_text())
+    assert manifest["image_size"] == 64
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO_ROOT))
+    result = subprocess.run(
+        [sys.executable, "-m", "trainer", "--data_dir", str(data),
+         "--job_dir", str(tmp_path / "j"), *TINY, "--set", "training.steps_per_epoch=30"],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("bonify-train: error: corrupt shard") and victim.name in last
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("flag", ["--strategy=bogus", "--mixed_precision=fp8"])
+def test_bad_flag_values_are_rejected(flag, tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--data_dir", str(tmp_path), "--job_dir", str(tmp_path / "j"), flag])
+    assert exit_info.value.code == 2

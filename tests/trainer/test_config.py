@@ -1,0 +1,93 @@
+"""Config layering (defaults -> YAML -> --set) and one-line errors naming the key."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from trainer.config import DEFAULTS, load_config
+from trainer.errors import TrainerError
+
+
+def test_defaults_are_the_reference_recipe():
+    config = load_config(None)
+    assert config["model"]["backbone"] == "densenet169"
+    assert config["data"]["image_size"] == 320
+    assert config["training"]["global_batch_size"] == 32
+    assert [p["learning_rate"] for p in config["phases"]] == [1e-4, 5e-6, 1e-6]
+    assert [p["epochs"] for p in config["phases"]] == [20, 20, 15]
+    assert config["phases"][0]["trainable"] == "last_n:60"
+    assert [p["reduce_lr"]["patience"] for p in config["phases"]] == [4, 4, 3]
+    assert [p["early_stopping"]["patience"] for p in config["phases"]] == [10, 10, 8]
+
+
+def test_shipped_reference_yaml_equals_defaults():
+    assert load_config("mura_densenet169") == load_config(None)
+
+
+def test_yaml_then_set_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"data": {"image_size": 64}, "phases": [{"epochs": 2}]}))
+    config = load_config(str(path), ["training.seed=7", "phases.0.learning_rate=0.5"])
+    assert config["data"]["image_size"] == 64
+    assert config["training"]["seed"] == 7
+    assert len(config["phases"]) == 1
+    assert config["phases"][0]["epochs"] == 2 and config["phases"][0]["learning_rate"] == 0.5
+    # a phase given in YAML gets every default it does not set
+    assert (
+        config["phases"][0]["reduce_lr"]["factor"] == DEFAULTS["phases"][0]["reduce_lr"]["factor"]
+    )
+
+
+def test_shipped_name_resolves():
+    assert load_config("sample_cpu")["model"]["backbone"] == "small_cnn"
+
+
+@pytest.mark.parametrize(
+    "overrides, key",
+    [
+        (["model.bogus=1"], "model.bogus"),
+        (["training.global_batch_size=0"], "training.global_batch_size"),
+        (["phases.0.trainable=some"], "phases[0].trainable"),
+        (["model.backbone=resnet"], "model.backbone"),
+        (["phases.9.epochs=1"], "phases.9"),
+        (["distribute.mixed_precision=fp8"], "distribute.mixed_precision"),
+    ],
+)
+def test_bad_override_is_an_error_naming_the_key(overrides, key):
+    with pytest.raises(TrainerError, match=key.replace("[", r"\[").replace("]", r"\]")):
+        load_config(None, overrides)
+
+
+def test_unknown_yaml_key_is_an_error(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("training:\n  epochz: 3\n")
+    with pytest.raises(TrainerError, match="training.epochz"):
+        load_config(str(path))
+
+
+def test_missing_config_file_is_an_error():
+    with pytest.raises(TrainerError, match="no such file"):
+        load_config("/nonexistent/config.yaml")
+
+
+def test_set_whole_phase_list_fills_phase_defaults():
+    config = load_config(None, ["phases=[{name: a, epochs: 2}, {name: b, learning_rate: 0.01}]"])
+    assert [p["name"] for p in config["phases"]] == ["a", "b"]
+    assert config["phases"][0]["epochs"] == 2 and config["phases"][1]["learning_rate"] == 0.01
+    assert config["phases"][1]["optimizer"] == "adam"
+    assert config["phases"][1]["early_stopping"] == DEFAULTS["phases"][0]["early_stopping"] | {
+        "patience": 10
+    }
+
+
+def test_set_phases_to_a_non_list_is_an_error():
+    with pytest.raises(TrainerError, match="'phases' must be a non-empty list"):
+        load_config(None, ["phases=3"])
+
+
+def test_exponent_without_a_dot_is_a_number_in_yaml_and_set(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("phases:\n  - {learning_rate: 1e-4}\n")
+    assert load_config(str(path))["phases"][0]["learning_rate"] == 1e-4
+    assert load_config(None, ["phases.1.learning_rate=3E-6"])["phases"][1]["learning_rate"] == 3e-6

@@ -1,0 +1,429 @@
+"""End-to-end runs of `python -m trainer` as subprocesses on the sample shards.
+
+Each run is a fresh process (the CPU split for MirroredStrategy and the multi-worker runtime
+must be set before any TF op, so those runs happen only in subprocesses). A tiny CNN, 64 px,
+3 steps per epoch and 1-2 epochs per phase keep every run to ~10-20 s on a 2-core CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
+RUN_TIMEOUT = 240  # seconds; a hung run fails the test instead of blocking the suite
+
+TINY_CONFIG = """
+model: {backbone: small_cnn, weights: none, small_cnn_width: 4, head_units: [16],
+        head_dropout: [0.3], bn_momentum: 0.9}
+data: {image_size: 64, shuffle_buffer: 64}
+training: {global_batch_size: 8, steps_per_epoch: 3, validation_steps: 2,
+           checkpoint_every_steps: 1, log_every_steps: 1, verbose: 2, seed: 3}
+distribute: {mixed_precision: "off"}
+phases:
+  - {name: one, trainable: "last_n:4", learning_rate: 0.01, epochs: 2}
+  - {name: two, trainable: all, learning_rate: 0.001, epochs: 1}
+  - {name: three, trainable: all, learning_rate: 0.0005, epochs: 2, class_weights: false}
+"""
+
+
+def _env(extra: dict | None = None) -> dict:
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO_ROOT))
+    env.pop("TF_CONFIG", None)
+    env.update(extra or {})
+    return env
+
+
+def _command(shards, job, config, *extra) -> list[str]:
+    return [
+        sys.executable, "-m", "trainer", "--data_dir", str(shards), "--job_dir", str(job),
+        "--config", str(config), *extra,
+    ]  # fmt: skip
+
+
+def run_trainer(shards, job, config, *extra, env=None) -> subprocess.CompletedProcess:
+    """Run the trainer to the end (bounded by RUN_TIMEOUT)."""
+    return subprocess.run(
+        _command(shards, job, config, *extra),
+        cwd=REPO_ROOT,
+        env=_env(env),
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
+    )
+
+
+def final_weights(job) -> list[np.ndarray]:
+    import keras
+
+    return [np.asarray(w) for w in keras.saving.load_model(job / "model" / "final.keras").weights]
+
+
+def epochs_per_phase(job) -> list[int]:
+    state = json.loads((job / "training_state.json").read_text())
+    return [row["epochs_completed"] for row in state["phases"]]
+
+
+def assert_same_weights(job_a, job_b) -> None:
+    a, b = final_weights(job_a), final_weights(job_b)
+    assert len(a) == len(b)
+    for left, right in zip(a, b, strict=True):
+        np.testing.assert_array_equal(left, right)
+
+
+@pytest.fixture(scope="module")
+def tiny_config(tmp_path_factory) -> pathlib.Path:
+    path = tmp_path_factory.mktemp("config") / "tiny.yaml"
+    path.write_text(TINY_CONFIG)
+    return path
+
+
+@pytest.fixture(scope="module")
+def reference_job(tmp_path_factory, sample_shards_dir, tiny_config):
+    """One uninterrupted single-device run: (job dir, wall seconds, completed process)."""
+    job = tmp_path_factory.mktemp("reference") / "job"
+    started = time.time()
+    result = run_trainer(sample_shards_dir, job, tiny_config)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return job, time.time() - started, result
+
+
+def test_uninterrupted_run_writes_state_history_models_and_config(reference_job):
+    job, _, result = reference_job
+    state = json.loads((job / "training_state.json").read_text())
+    assert state["completed"] is True
+    assert [row["name"] for row in state["phases"]] == ["one", "two", "three"]
+    assert epochs_per_phase(job) == [2, 1, 2]
+    history = json.loads((job / "history.json").read_text())
+    assert [(h["phase"], h["epoch"]) for h in history] == [(1, 1), (1, 2), (2, 1), (3, 1), (3, 2)]
+    assert history[-1]["global_step"] == 15  # steps continue across phases
+    for name in ("final.keras", "phase1_best.keras", "phase2_best.keras", "phase3_best.keras"):
+        assert (job / "model" / name).is_file()
+    assert (job / "export" / "saved_model.pb").is_file()
+    assert "small_cnn" in (job / "config.yaml").read_text()
+    assert "tensorboard --logdir" in result.stdout
+
+
+def test_rerun_of_finished_job_prints_summary_and_exits_0(
+    reference_job, sample_shards_dir, tiny_config
+):
+    job, _, _ = reference_job
+    before = (job / "model" / "final.keras").stat().st_mtime
+    result = run_trainer(sample_shards_dir, job, tiny_config)
+    assert result.returncode == 0
+    assert "Training summary" in result.stdout
+    assert (job / "model" / "final.keras").stat().st_mtime == before
+
+
+def test_final_keras_loads_without_importing_trainer(reference_job):
+    job, _, _ = reference_job
+    code = (
+        "import sys, numpy as np, keras\n"
+        f"m = keras.saving.load_model({str(job / 'model' / 'final.keras')!r})\n"
+        "assert 'trainer' not in sys.modules\n"
+        "p = m.predict_on_batch(np.zeros((2, 64, 64, 1), np.uint8))\n"
+        "print(m.inputs[0].dtype, p.dtype, p.shape, round(float(p.sum()), 3))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd="/", env=_env({"PYTHONPATH": ""}),
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["uint8", "float32", "(2,", "14)", "2.0"]
+
+
+def test_saved_model_predicts_on_png_bytes(reference_job, sample_shards_dir):
+    import tensorflow as tf
+
+    job, _, _ = reference_job
+    loaded = tf.saved_model.load(str(job / "export"))
+    serve = loaded.signatures["serving_default"]
+    image = tf.cast(tf.random.stateless_uniform([80, 50, 1], [1, 2], 0, 255), tf.uint8)
+    png = tf.io.encode_png(image)
+    jpeg = tf.io.encode_jpeg(image)
+    output = serve(images=tf.stack([png, jpeg]))
+    probabilities = next(iter(output.values())).numpy()
+    assert probabilities.shape == (2, 14)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_tensorboard_has_the_expected_tags(reference_job):
+    from tensorboard.backend.event_processing.event_accumulator import TENSORS, EventAccumulator
+
+    job, _, _ = reference_job
+    tags = {}
+    for which in ("train", "validation"):
+        accumulator = EventAccumulator(str(job / "tensorboard" / which), size_guidance={TENSORS: 0})
+        accumulator.Reload()
+        tags[which] = set(accumulator.Tags()["tensors"])
+    assert {"loss", "accuracy", "top3_accuracy", "learning_rate", "phase", "images_per_second",
+            "input_images"} <= tags["train"]  # fmt: skip
+    assert {"loss", "accuracy", "top3_accuracy"} <= tags["validation"]
+    accumulator = EventAccumulator(str(job / "tensorboard" / "train"), size_guidance={TENSORS: 0})
+    accumulator.Reload()
+    steps = [event.step for event in accumulator.Tensors("phase")]
+    assert max(steps) == 15
+
+
+def _checkpoint_number(job) -> int:
+    """N of the latest JOB/checkpoints/ckpt-N (0 when none yet)."""
+    import tensorflow as tf
+
+    latest = tf.train.latest_checkpoint(str(job / "checkpoints"))
+    return int(latest.rsplit("-", 1)[1]) if latest else 0
+
+
+def test_kill_9_at_random_instants_then_resume_matches_uninterrupted_run(
+    reference_job, sample_shards_dir, tiny_config, tmp_path
+):
+    reference, _, _ = reference_job
+    job = tmp_path / "job"
+    # Kill points spread over the whole run (all three phases): after the run reaches a
+    # seeded-random checkpoint number, wait a random fraction of a step, then SIGKILL, so
+    # kills land mid-step, mid-validation or mid-save.
+    total = _checkpoint_number(reference)
+    rng = random.Random(1234)
+    targets = sorted(rng.sample(range(2, total - 1), 3))
+    for target in targets:
+        process = subprocess.Popen(
+            _command(sample_shards_dir, job, tiny_config), cwd=REPO_ROOT, env=_env(),
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            deadline = time.time() + RUN_TIMEOUT
+            while _checkpoint_number(job) < target and process.poll() is None:
+                assert time.time() < deadline
+                time.sleep(0.05)
+            time.sleep(rng.uniform(0.0, 0.5))
+            assert process.poll() is None, "the run ended before its kill point"
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait(timeout=30)
+        finally:
+            if process.poll() is None:
+                os.kill(process.pid, signal.SIGKILL)
+    result = run_trainer(sample_shards_dir, job, tiny_config)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Resuming from" in result.stdout
+    assert epochs_per_phase(job) == epochs_per_phase(reference)
+    assert_same_weights(job, reference)
+
+
+def test_sigterm_saves_exits_143_and_rerun_finishes_identically(
+    reference_job, sample_shards_dir, tiny_config, tmp_path
+):
+    reference, _, _ = reference_job
+    job = tmp_path / "job"
+    process = subprocess.Popen(
+        _command(sample_shards_dir, job, tiny_config), cwd=REPO_ROOT, env=_env(),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.time() + 120
+        while not (job / "training_state.json").exists() and time.time() < deadline:
+            time.sleep(0.2)
+        time.sleep(1.0)
+        process.send_signal(signal.SIGTERM)
+        sent = time.time()
+        stdout, _ = process.communicate(timeout=60)
+        assert time.time() - sent < 15, "the SIGTERM save should take seconds"
+    finally:
+        if process.poll() is None:
+            os.kill(process.pid, signal.SIGKILL)
+    assert process.returncode == 143
+    assert "after SIGTERM" in stdout
+    state = json.loads((job / "training_state.json").read_text())
+    assert not state["completed"] and state["global_step"] > 0
+    result = run_trainer(sample_shards_dir, job, tiny_config)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Resuming from" in result.stdout
+    assert_same_weights(job, reference)
+
+
+def test_mirrored_on_two_logical_cpus_trains_all_phases(sample_shards_dir, tiny_config, tmp_path):
+    job = tmp_path / "job"
+    result = run_trainer(
+        sample_shards_dir, job, tiny_config, "--strategy", "mirrored",
+        "--set", "distribute.logical_cpus=2",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "MirroredStrategy, 2 replicas" in result.stdout
+    assert epochs_per_phase(job) == [2, 1, 2]
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def _start_workers(shards, job, config) -> list[subprocess.Popen]:
+    ports = _free_ports(2)
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
+    processes = []
+    for index in range(2):
+        tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+        processes.append(
+            subprocess.Popen(
+                _command(shards, job, config, "--strategy", "multi_worker"),
+                cwd=REPO_ROOT,
+                env=_env({"TF_CONFIG": tf_config}),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )  # fmt: skip
+        )
+    return processes
+
+
+def _run_workers(shards, job, config) -> list[tuple[int, str, str]]:
+    """Run a 2-worker group to the end: [(returncode, stdout, stderr)] per worker."""
+    processes = _start_workers(shards, job, config)
+    try:
+        outputs = [process.communicate(timeout=RUN_TIMEOUT) for process in processes]
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                os.kill(process.pid, signal.SIGKILL)
+    return [(p.returncode, out, err) for p, (out, err) in zip(processes, outputs, strict=True)]
+
+
+def _fingerprints(results) -> list[str]:
+    return [
+        line.split("sha256:")[1].strip()
+        for _, stdout, _ in results
+        for line in stdout.splitlines()
+        if "weights sha256:" in line
+    ]
+
+
+@pytest.fixture(scope="module")
+def multi_worker_job(tmp_path_factory, sample_shards_dir, tiny_config):
+    """An uninterrupted 2-process MultiWorkerMirroredStrategy run on localhost."""
+    job = tmp_path_factory.mktemp("multi_worker") / "job"
+    results = _run_workers(sample_shards_dir, job, tiny_config)
+    for returncode, _, stderr in results:
+        assert returncode == 0, stderr[-3000:]
+    return job, results
+
+
+def test_two_process_multi_worker_run_ends_with_identical_weights(multi_worker_job):
+    job, results = multi_worker_job
+    fingerprints = _fingerprints(results)
+    assert len(fingerprints) == 2 and fingerprints[0] == fingerprints[1]
+    assert "CollectiveAllReduceStrategy, 2 replicas in sync" in results[0][1]  # = MWMS
+    assert epochs_per_phase(job) == [2, 1, 2]
+    assert not (job / "tmp" / "worker1").exists()  # the non-chief's temp saves are removed
+
+
+def test_multi_worker_group_killed_and_restarted_matches_uninterrupted_group(
+    multi_worker_job, sample_shards_dir, tiny_config, tmp_path
+):
+    reference, reference_results = multi_worker_job
+    job = tmp_path / "job"
+    target = random.Random(99).randrange(4, _checkpoint_number(reference) - 2)
+    processes = _start_workers(sample_shards_dir, job, tiny_config)
+    try:
+        deadline = time.time() + RUN_TIMEOUT
+        while _checkpoint_number(job) < target and all(p.poll() is None for p in processes):
+            assert time.time() < deadline
+            time.sleep(0.05)
+        assert all(p.poll() is None for p in processes), "the group ended before its kill point"
+        for process in processes:  # a lost pod restarts the whole group (PLATFORM_FACTS)
+            os.kill(process.pid, signal.SIGKILL)
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                os.kill(process.pid, signal.SIGKILL)
+            process.communicate(timeout=30)
+    results = _run_workers(sample_shards_dir, job, tiny_config)
+    for returncode, _, stderr in results:
+        assert returncode == 0, stderr[-3000:]
+    assert "Resuming from" in results[0][1]
+    assert epochs_per_phase(job) == epochs_per_phase(reference)
+    assert _fingerprints(results) == _fingerprints(reference_results)
+
+
+def test_nonfinite_loss_restores_last_checkpoint_and_run_ends_like_uninterrupted(
+    reference_job, sample_shards_dir, tiny_config, tmp_path, monkeypatch, capsys
+):
+    """fp32 has no loss scaling to skip a bad step: the trainer restores the last checkpoint.
+
+    In-process, the real train step is wrapped so that one step (in phase 2) reports a
+    non-finite loss and really leaves NaN in the weights. The run must restore, replay, log
+    it and end with the uninterrupted run's weights; were the NaN kept, they would differ.
+    """
+    import tensorflow as tf
+
+    from trainer import loop
+    from trainer.run import train
+
+    reference, _, _ = reference_job
+    real_make_train_step = loop.make_train_step
+    calls = {"steps": 0, "poisoned": 0}
+
+    def make_train_step(strategy, model, *args, **kwargs):
+        real_step = real_make_train_step(strategy, model, *args, **kwargs)
+
+        def step(iterator, stop_flag):
+            out = real_step(iterator, stop_flag)
+            calls["steps"] += 1
+            if calls["steps"] == 8 and not calls["poisoned"]:
+                calls["poisoned"] += 1
+                first = model.trainable_weights[0]
+                first.assign(tf.fill(first.shape, float("nan")))
+                out = dict(out, nonfinite=tf.constant(1.0))
+            return out
+
+        return step
+
+    monkeypatch.setattr(loop, "make_train_step", make_train_step)
+    handler = signal.getsignal(signal.SIGTERM)
+    try:
+        assert train(str(sample_shards_dir), str(tmp_path / "job"), str(tiny_config)) == 0
+    finally:
+        signal.signal(signal.SIGTERM, handler)
+    assert calls["poisoned"] == 1
+    assert "non-finite loss at global step" in capsys.readouterr().out
+    assert epochs_per_phase(tmp_path / "job") == epochs_per_phase(reference)
+    assert_same_weights(tmp_path / "job", reference)
+
+
+def test_nonfinite_loss_every_step_stops_after_bounded_retries(
+    sample_shards_dir, tiny_config, tmp_path
+):
+    """A learning rate that diverges at once: restores are bounded, then one clear error."""
+    result = run_trainer(
+        sample_shards_dir, tmp_path / "job", tiny_config,
+        "--set", "phases.0.learning_rate=1e30", "--set", "training.max_nonfinite_retries=2",
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stdout.count("restoring the last checkpoint") == 2
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert "non-finite loss" in last_line and "after 2 restores" in last_line
+
+
+def test_xla_compiled_step_trains_under_mirrored(sample_shards_dir, tiny_config, tmp_path):
+    job = tmp_path / "job"
+    result = run_trainer(
+        sample_shards_dir, job, tiny_config, "--strategy", "mirrored", "--xla",
+        "--set", "distribute.logical_cpus=2", "--set", "phases=[{epochs: 1}]",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "XLA True" in result.stdout
+    assert epochs_per_phase(job) == [1]
+    assert all(np.isfinite(w).all() for w in final_weights(job))

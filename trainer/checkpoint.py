@@ -1,0 +1,121 @@
+"""Checkpoints and state files in JOB/: atomic, chief-written, restored by every worker.
+
+Layout: JOB/checkpoints/ (tf.train.CheckpointManager: model, optimizer, and the training
+state as a JSON string variable), JOB/best/phase<N>/ (best weights of a phase, model only),
+JOB/training_state.json and JOB/history.json (human-readable, rewritten atomically).
+
+Multi-worker (PLATFORM_FACTS): every worker restores from the chief's directory; every
+worker also saves (so collectives match), non-chiefs into a temp dir deleted right after.
+Optimizer restore is positional: read the state first (`read_latest_state`), build that
+phase's optimizer on its variables, then `restore`.
+"""
+
+from __future__ import annotations
+
+import json
+
+import tensorflow as tf
+
+CHECKPOINT_DIR = "checkpoints"
+BEST_DIR = "best"
+STATE_FILE = "training_state.json"
+HISTORY_FILE = "history.json"
+_STATE_KEY = "state/.ATTRIBUTES/VARIABLE_VALUE"
+
+
+def join(*parts: str) -> str:
+    """Join path parts with "/" (works for local paths and gs://)."""
+    return "/".join([parts[0].rstrip("/")] + [p.strip("/") for p in parts[1:]])
+
+
+def write_text_atomically(path: str, text: str) -> None:
+    """Write to a temp file beside `path`, then rename over it (a kill leaves the old file)."""
+    temp = path + ".tmp"
+    with tf.io.gfile.GFile(temp, "w") as handle:
+        handle.write(text)
+    tf.io.gfile.rename(temp, path, overwrite=True)
+
+
+def read_json(path: str) -> dict | None:
+    """A JSON file's content, or None when it does not exist."""
+    if not tf.io.gfile.exists(path):
+        return None
+    with tf.io.gfile.GFile(path) as handle:
+        return json.load(handle)
+
+
+def read_latest_state(job_dir: str) -> tuple[str | None, dict | None]:
+    """(latest checkpoint path, the training state saved in it), or (None, None)."""
+    latest = tf.train.latest_checkpoint(join(job_dir, CHECKPOINT_DIR))
+    if latest is None:
+        return None, None
+    raw = tf.train.load_variable(latest, _STATE_KEY)
+    return latest, json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+
+
+def _worker_temp_dir(job_dir: str, worker: int) -> str:
+    return join(job_dir, "tmp", f"worker{worker}")
+
+
+class JobCheckpoint:
+    """The checkpoint of one phase's model + optimizer + training state."""
+
+    def __init__(self, job_dir: str, model, optimizer, chief: bool, worker: int, keep: int):
+        self.job_dir, self.chief, self.worker = job_dir, chief, worker
+        # A plain (non-distributed) string variable: the JSON training state.
+        with tf.device("/cpu:0"):
+            self.state = tf.Variable("", dtype=tf.string, trainable=False)
+        # Keras does not expose the dropout SeedGenerator states to tf.train.Checkpoint;
+        # without them a resumed run draws different dropout masks.
+        seeds = {
+            f"seed{index}": variable
+            for index, variable in enumerate(
+                v for v in model.variables if "seed_generator" in v.path
+            )
+        }
+        self.checkpoint = tf.train.Checkpoint(
+            model=model, optimizer=optimizer, state=self.state, seeds=seeds
+        )
+        directory = join(job_dir, CHECKPOINT_DIR) if chief else _worker_temp_dir(job_dir, worker)
+        self.manager = tf.train.CheckpointManager(self.checkpoint, directory, max_to_keep=keep)
+
+    def save(self, state: dict) -> None:
+        """Save model, optimizer and state (non-chiefs save to a temp dir, then delete it).
+
+        Increments state["saves"]: checkpoint numbers keep growing across phases (each
+        phase has a new tf.train.Checkpoint whose own save counter would restart at 1).
+        """
+        state["saves"] = state.get("saves", 0) + 1
+        self.state.assign(json.dumps(state))
+        self.manager.save(checkpoint_number=state["saves"])
+        if not self.chief:
+            tf.io.gfile.rmtree(_worker_temp_dir(self.job_dir, self.worker))
+
+    def restore(self, path: str) -> None:
+        """Restore everything from `path` (the chief's checkpoint)."""
+        self.checkpoint.restore(path).assert_existing_objects_matched()
+
+    def latest(self) -> str | None:
+        """The chief's latest checkpoint (what every worker restores from)."""
+        return tf.train.latest_checkpoint(join(self.job_dir, CHECKPOINT_DIR))
+
+
+def best_weights_path(job_dir: str, phase_index: int) -> str:
+    """Prefix of a phase's best-weights checkpoint (phase_index is 0-based)."""
+    return join(job_dir, BEST_DIR, f"phase{phase_index + 1}", "weights")
+
+
+def save_best_weights(job_dir: str, phase_index: int, model, chief: bool, worker: int) -> None:
+    """Write the model's weights as the phase's best (atomic enough: written, then used)."""
+    checkpoint = tf.train.Checkpoint(model=model)
+    if chief:
+        checkpoint.write(best_weights_path(job_dir, phase_index))
+    else:
+        temp = _worker_temp_dir(job_dir, worker)
+        checkpoint.write(join(temp, "best"))
+        tf.io.gfile.rmtree(temp)
+
+
+def restore_best_weights(job_dir: str, phase_index: int, model) -> None:
+    """Load a phase's best weights into the model (every worker, from the chief's files)."""
+    tf.train.Checkpoint(model=model).read(best_weights_path(job_dir, phase_index)).expect_partial()

@@ -1,0 +1,194 @@
+"""Input pipelines from the Beam job's shards: sharded, seeded, resumable, uint8 batches.
+
+Exact resume (PLATFORM_FACTS, "Data position"): a distributed iterator cannot be saved, so
+each epoch's dataset is rebuilt from the seed of (phase, epoch) and the records of the
+steps already trained are skipped before decoding. Augmentation is stateless, seeded by
+(seed, phase, epoch, record index), so a resumed epoch sees exactly the same pixels.
+
+Elements: {"image": uint8 [per_replica_batch, S, S, 1], "label": int32 [b],
+"weight": float32 [b]} (weight 0 marks validation padding).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import tensorflow as tf
+
+from bonify.vocabulary import MANIFEST_FILE, RecordKeys, shard_pattern, tf_feature_spec
+from trainer.errors import TrainerError
+
+_KEYS = (RecordKeys.IMAGE, RecordKeys.LABEL)
+
+
+def read_manifest(data_dir: str) -> dict:
+    """manifest.json of the Beam job's output (TrainerError when missing or unreadable)."""
+    if not tf.io.gfile.isdir(data_dir):
+        raise TrainerError(f"--data_dir {data_dir}: no such directory")
+    path = f"{data_dir.rstrip('/')}/{MANIFEST_FILE}"
+    if not tf.io.gfile.exists(path):
+        raise TrainerError(f"--data_dir {data_dir}: no {MANIFEST_FILE} (run beam_preprocess first)")
+    try:
+        with tf.io.gfile.GFile(path) as handle:
+            return json.load(handle)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise TrainerError(f"{path}: not valid JSON ({error})") from None
+
+
+def shard_files(data_dir: str, split: str) -> list[str]:
+    """Sorted shard paths of a split (TrainerError when there are none)."""
+    pattern = f"{data_dir.rstrip('/')}/{shard_pattern(split)}"
+    files = sorted(tf.io.gfile.glob(pattern))
+    if not files:
+        raise TrainerError(f"--data_dir {data_dir}: split {split!r} has no shards ({pattern})")
+    return files
+
+
+def find_corrupt_shard(files: list[str]) -> str | None:
+    """The first shard whose records cannot be read, or None (a full read of each file)."""
+    for path in files:
+        try:
+            for _ in tf.data.TFRecordDataset(path):
+                pass
+        except (tf.errors.DataLossError, tf.errors.InvalidArgumentError):
+            return path
+    return None
+
+
+def _decoder(encoding: str, image_size: int):
+    def decode(serialized):
+        features = tf.io.parse_single_example(serialized, tf_feature_spec(_KEYS))
+        data = features[RecordKeys.IMAGE]
+        if encoding == "raw":
+            image = tf.reshape(tf.io.decode_raw(data, tf.uint8), [image_size, image_size, 1])
+        elif encoding == "jpeg":
+            image = tf.io.decode_jpeg(data, channels=1)
+        else:
+            image = tf.io.decode_png(data, channels=1, dtype=tf.uint8)
+        image = tf.ensure_shape(image, [image_size, image_size, 1])
+        return image, tf.cast(features[RecordKeys.LABEL], tf.int32)
+
+    return decode
+
+
+def augment(image, seed, augment_config: dict, image_size: int):
+    """The reference augmentations on one uint8 [S, S, 1] image, stateless (seed: int32 [2])."""
+    seeds = tf.random.experimental.stateless_split(seed, num=6)
+    x = tf.cast(image, tf.float32) / 255.0
+    if augment_config["flip_left_right"]:
+        x = tf.image.stateless_random_flip_left_right(x, seeds[0])
+    if augment_config["flip_up_down"]:
+        x = tf.image.stateless_random_flip_up_down(x, seeds[1])
+    if augment_config["brightness"] > 0:
+        x = tf.image.stateless_random_brightness(x, augment_config["brightness"], seeds[2])
+    low, high = augment_config["contrast"]
+    if high > low:
+        x = tf.image.stateless_random_contrast(x, low, high, seeds[3])
+    padding = int(round(image_size * augment_config["crop_padding"]))
+    if padding > 0:
+        padded = tf.image.resize_with_crop_or_pad(x, image_size + padding, image_size + padding)
+        x = tf.image.stateless_random_crop(padded, [image_size, image_size, 1], seeds[4])
+    x = tf.clip_by_value(x, 0.0, 1.0)
+    return tf.cast(tf.round(x * 255.0), tf.uint8)
+
+
+def train_dataset_fn(
+    files: list[str],
+    encoding: str,
+    config: dict,
+    phase_index: int,
+    epoch: int,
+    start_step: int,
+    steps_per_epoch: int,
+):
+    """A `dataset_fn(input_context)` for `distribute_datasets_from_function` (train split).
+
+    Files are sharded by input pipeline (sorted list, never shuffled before sharding), the
+    per-pipeline file order and the record shuffle are seeded by (seed, phase, epoch), and
+    the records of `start_step` steps are skipped. Exactly `steps_per_epoch - start_step`
+    steps are produced on every pipeline.
+    """
+    data, training = config["data"], config["training"]
+    image_size = data["image_size"]
+    epoch_seed = training["seed"] * 1_000_003 + phase_index * 10_007 + epoch
+    decode = _decoder(encoding, image_size)
+    augment_config = data["augment"]
+
+    def dataset_fn(input_context: tf.distribute.InputContext):
+        pipelines, pipeline_id = input_context.num_input_pipelines, input_context.input_pipeline_id
+        if len(files) < pipelines:
+            raise TrainerError(
+                f"train split has {len(files)} shards but {pipelines} input pipelines: "
+                "rerun beam_preprocess with more shards"
+            )
+        per_replica = input_context.get_per_replica_batch_size(training["global_batch_size"])
+        records_per_step = training["global_batch_size"] // pipelines
+        mine = files[pipeline_id::pipelines]
+        names = tf.data.Dataset.from_tensor_slices(mine)
+        names = names.shuffle(len(mine), seed=epoch_seed).repeat()
+        records = names.interleave(
+            tf.data.TFRecordDataset,
+            cycle_length=min(len(mine), data["cycle_length"]),
+            block_length=1,
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True,
+        )
+        records = records.shuffle(data["shuffle_buffer"], seed=epoch_seed + 1)
+        records = records.enumerate().skip(start_step * records_per_step)
+        records = records.take((steps_per_epoch - start_step) * records_per_step)
+
+        def parse(index, serialized):
+            image, label = decode(serialized)
+            if augment_config["enabled"]:
+                seed = tf.stack(
+                    [tf.cast(epoch_seed % (2**31 - 1), tf.int64), index * pipelines + pipeline_id]
+                )
+                image = augment(image, tf.cast(seed, tf.int32), augment_config, image_size)
+            return {"image": image, "label": label, "weight": tf.constant(1.0)}
+
+        batches = records.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        return batches.batch(per_replica, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+    return dataset_fn
+
+
+def eval_dataset_fn(files: list[str], encoding: str, config: dict, images: int, steps: int):
+    """A `dataset_fn` for a split read once in order, padded with weight-0 examples.
+
+    Records are sharded by index across pipelines (every pipeline reads the files; fine for
+    the validation split) and padded so each pipeline yields exactly `steps` steps.
+    """
+    image_size = config["data"]["image_size"]
+    global_batch = config["training"]["global_batch_size"]
+    decode = _decoder(encoding, image_size)
+
+    def dataset_fn(input_context: tf.distribute.InputContext):
+        pipelines, pipeline_id = input_context.num_input_pipelines, input_context.input_pipeline_id
+        per_replica = input_context.get_per_replica_batch_size(global_batch)
+        records = tf.data.TFRecordDataset(files).shard(pipelines, pipeline_id)
+
+        def parse(serialized):
+            image, label = decode(serialized)
+            return {"image": image, "label": label, "weight": tf.constant(1.0)}
+
+        real = records.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        padding = tf.data.Dataset.from_tensors(
+            {
+                "image": tf.zeros([image_size, image_size, 1], tf.uint8),
+                "label": tf.constant(0, tf.int32),
+                "weight": tf.constant(0.0),
+            }
+        ).repeat()
+        total = steps * global_batch // pipelines
+        padded = real.concatenate(padding).take(total)
+        return padded.batch(per_replica, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+    return dataset_fn
+
+
+def default_steps(images: int, global_batch: int, *, training: bool) -> int:
+    """Train: whole batches per epoch (>= 1); eval: batches covering every image."""
+    if training:
+        return max(1, images // global_batch)
+    return max(1, math.ceil(images / global_batch))

@@ -1,0 +1,118 @@
+"""Strategy factory (a string -> tf.distribute strategy), CPU split, precision and XLA.
+
+Call `split_cpu` and `make_strategy` before any other TF op: logical devices and the
+multi-worker runtime can only be configured on a fresh runtime.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import tensorflow as tf
+
+from trainer.errors import TrainerError
+
+
+def split_cpu(logical_cpus: int) -> None:
+    """Split the first CPU into N logical devices so MirroredStrategy has N replicas."""
+    if logical_cpus <= 1:
+        return
+    cpus = tf.config.list_physical_devices("CPU")
+    tf.config.set_logical_device_configuration(
+        cpus[0], [tf.config.LogicalDeviceConfiguration()] * logical_cpus
+    )
+
+
+def cluster_task_count() -> int:
+    """Tasks named by TF_CONFIG (0 when unset)."""
+    raw = os.environ.get("TF_CONFIG", "")
+    if not raw:
+        return 0
+    try:
+        cluster = json.loads(raw).get("cluster", {})
+    except json.JSONDecodeError:
+        raise TrainerError("TF_CONFIG is not valid JSON") from None
+    return sum(len(tasks) for tasks in cluster.values())
+
+
+def choose_strategy_name(requested: str) -> str:
+    """auto: multi_worker if TF_CONFIG names >1 task, mirrored if >1 GPU, else default."""
+    if requested != "auto":
+        return requested
+    if cluster_task_count() > 1:
+        return "multi_worker"
+    if len(tf.config.list_physical_devices("GPU")) > 1:
+        return "mirrored"
+    return "default"
+
+
+def make_strategy(requested: str) -> tf.distribute.Strategy:
+    """Build the strategy; on a CPU-only host, mirrored spans the logical CPUs."""
+    name = choose_strategy_name(requested)
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        if tf.config.list_physical_devices("GPU"):
+            return tf.distribute.MirroredStrategy()
+        cpus = tf.config.list_logical_devices("CPU")
+        return tf.distribute.MirroredStrategy([device.name for device in cpus])
+    if name == "multi_worker":
+        if cluster_task_count() < 1:
+            raise TrainerError("--strategy multi_worker needs TF_CONFIG (or --tf_config_from_k8s)")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    raise TrainerError(f"--strategy {requested}: unknown strategy")
+
+
+def _is_multi_worker(strategy: tf.distribute.Strategy) -> bool:
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """The task that writes checkpoints, state and TensorBoard logs."""
+    if not _is_multi_worker(strategy):
+        return True
+    resolver = strategy.cluster_resolver
+    task_type, task_id = resolver.task_type, resolver.task_id
+    if task_type == "chief":
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return task_type == "worker" and task_id == 0 and not has_chief
+
+
+def worker_id(strategy: tf.distribute.Strategy) -> int:
+    """This task's index (0 outside multi-worker)."""
+    if not _is_multi_worker(strategy):
+        return 0
+    return int(strategy.cluster_resolver.task_id or 0)
+
+
+def resolve_precision(requested: str) -> str:
+    """auto -> float16 on a GPU with compute capability >= 7.0, else off."""
+    if requested != "auto":
+        return requested
+    for gpu in tf.config.list_physical_devices("GPU"):
+        details = tf.config.experimental.get_device_details(gpu)
+        if details.get("compute_capability", (0, 0)) >= (7, 0):
+            return "float16"
+    return "off"
+
+
+def set_precision(precision: str) -> None:
+    """Set the Keras global dtype policy (before building the model)."""
+    import keras
+
+    policy = {"float16": "mixed_float16", "bfloat16": "mixed_bfloat16", "off": "float32"}
+    keras.mixed_precision.set_global_policy(policy[precision])
+
+
+def barrier(strategy: tf.distribute.Strategy) -> None:
+    """Block until every worker gets here (a tiny all-reduce; a no-op off multi-worker).
+
+    Used after the chief writes a file that the other workers read next: without it a
+    worker can reach the read before the chief has finished the write.
+    """
+    if not _is_multi_worker(strategy):
+        return
+    per_replica = strategy.run(lambda: tf.constant(1.0))
+    strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None).numpy()

@@ -1,0 +1,138 @@
+"""The custom train / eval steps (strategy.run inside a tf.function, as Orbit does).
+
+Keras 3 `fit` does not run under MultiWorkerMirroredStrategy on this stack; this loop runs
+unchanged under the default strategy, Mirrored and MultiWorkerMirrored (PLATFORM_FACTS).
+Build one new step function per phase (after setting `trainable` and the new optimizer).
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from bonify.vocabulary import NUM_CLASSES
+from trainer.losses import focal_loss_per_example
+
+#: Per-step outputs, each summed over all replicas.
+STEP_KEYS = ("loss_sum", "correct", "top3", "count", "nonfinite", "stop")
+
+
+def make_optimizer(name: str, learning_rate: float, precision: str):
+    """A Keras 3 optimizer (wrapped in LossScaleOptimizer for float16)."""
+    optimizers = {
+        "adam": keras.optimizers.Adam,
+        "adamw": keras.optimizers.AdamW,
+        "sgd": keras.optimizers.SGD,
+    }
+    optimizer = optimizers[name](learning_rate=learning_rate)
+    if precision == "float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    return optimizer
+
+
+def set_learning_rate(optimizer, learning_rate: float) -> None:
+    """Assign the (inner) optimizer's learning rate variable."""
+    inner = getattr(optimizer, "inner_optimizer", optimizer)
+    inner.learning_rate.assign(learning_rate)
+
+
+def _batch_stats(probabilities, labels, weights, per_example_loss):
+    predicted = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
+    correct = tf.cast(tf.equal(predicted, labels), tf.float32) * weights
+    top3 = tf.cast(tf.math.in_top_k(labels, tf.cast(probabilities, tf.float32), k=3), tf.float32)
+    return {
+        "loss_sum": tf.reduce_sum(per_example_loss * weights),
+        "correct": tf.reduce_sum(correct),
+        "top3": tf.reduce_sum(top3 * weights),
+        "count": tf.reduce_sum(weights),
+    }
+
+
+def make_train_step(
+    strategy: tf.distribute.Strategy,
+    model: keras.Model,
+    optimizer,
+    class_weights,
+    loss_config: dict,
+    global_batch_size: int,
+    xla: bool = False,
+):
+    """`train_step(iterator, stop_flag) -> dict of STEP_KEYS` (sums over replicas).
+
+    class_weights: float32 [14] tensor (ones when the phase does not weight classes).
+    stop_flag: float32 scalar, 1.0 when this host got SIGTERM; the returned "stop" is the
+    sum over every replica of every worker, so all workers stop at the same step.
+    Batches: {"image": uint8 [b, S, S, 1], "label": int32 [b], "weight": float32 [b]}.
+    """
+    from trainer.model import trainable_variables
+
+    variables = trainable_variables(model)
+    scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+    gamma, alpha = loss_config["focal_gamma"], loss_config["focal_alpha"]
+
+    def forward_backward(images, labels, weights):
+        with tf.GradientTape() as tape:
+            probabilities = model(images, training=True)
+            one_hot = tf.one_hot(labels, NUM_CLASSES)
+            per_example = focal_loss_per_example(one_hot, probabilities, gamma, alpha)
+            example_weights = tf.gather(class_weights, labels) * weights
+            loss = tf.nn.compute_average_loss(
+                per_example * example_weights, global_batch_size=global_batch_size
+            )
+            tape_loss = optimizer.scale_loss(loss) if scaled else loss
+        gradients = tape.gradient(tape_loss, variables)
+        return probabilities, per_example, gradients
+
+    # XLA compiles the forward/backward pass only: the optimizer's cross-replica update
+    # (merge_call) cannot live inside a jit-compiled function.
+    compute = tf.function(forward_backward, jit_compile=True) if xla else forward_backward
+
+    def step_fn(batch, stop_flag):
+        images, labels, weights = batch["image"], batch["label"], batch["weight"]
+        probabilities, per_example, gradients = compute(images, labels, weights)
+        finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in gradients])
+        local_bad = 1.0 - tf.cast(finite, tf.float32)
+        context = tf.distribute.get_replica_context()
+        # Keras 3.15.1's LossScaleOptimizer checks replica 0's gradients only: agree on a
+        # "non-finite anywhere" flag and poison every replica's gradients so all skip.
+        any_bad = context.all_reduce(tf.distribute.ReduceOp.SUM, local_bad)
+        if scaled:
+            poison = tf.where(any_bad > 0, float("nan"), 0.0)
+            gradients = [g + tf.cast(poison, g.dtype) for g in gradients]
+        optimizer.apply(gradients, variables)
+        stats = _batch_stats(probabilities, labels, weights, per_example)
+        stats["nonfinite"] = local_bad
+        stats["stop"] = tf.identity(stop_flag)  # a per-replica value, so it can be reduced
+        return stats
+
+    @tf.function
+    def train_step(iterator, stop_flag):
+        per_replica = strategy.run(step_fn, args=(next(iterator), stop_flag))
+        return {
+            key: strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
+            for key, value in per_replica.items()
+        }
+
+    return train_step
+
+
+def make_eval_step(strategy: tf.distribute.Strategy, model: keras.Model, loss_config: dict):
+    """`eval_step(iterator) -> dict` of loss_sum/correct/top3/count summed over replicas
+    (focal loss without class weights; padding examples have weight 0)."""
+    gamma, alpha = loss_config["focal_gamma"], loss_config["focal_alpha"]
+
+    def step_fn(batch):
+        probabilities = model(batch["image"], training=False)
+        one_hot = tf.one_hot(batch["label"], NUM_CLASSES)
+        per_example = focal_loss_per_example(one_hot, probabilities, gamma, alpha)
+        return _batch_stats(probabilities, batch["label"], batch["weight"], per_example)
+
+    @tf.function
+    def eval_step(iterator):
+        per_replica = strategy.run(step_fn, args=(next(iterator),))
+        return {
+            key: strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
+            for key, value in per_replica.items()
+        }
+
+    return eval_step
