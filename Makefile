@@ -44,6 +44,11 @@ $(DEMO_DIR)/tfrecords/manifest.json: $(DEMO_DIR)/raw/.complete
 		--image_size $(DEMO_IMAGE_SIZE) --overwrite $(DEMO_BEAM_ARGS)
 
 demo: setup $(DEMO_DIR)/tfrecords/manifest.json
+	$(BIN)/bonify-train --data_dir $(DEMO_DIR)/tfrecords --job_dir $(DEMO_DIR)/job --config sample_cpu
+	$(BIN)/bonify-eval --model $(DEMO_DIR)/job/model/final.keras --data_dir $(DEMO_DIR)/tfrecords \
+		--split test --output_dir $(DEMO_DIR)/eval
+	@echo "TensorBoard: make tensorboard JOB=$(DEMO_DIR)/job   (then open http://127.0.0.1:6006)"
+	@echo "Report:      $(DEMO_DIR)/eval/report.html"
 
 # Serve a training job's TensorBoard logs on this machine: make tensorboard JOB=demo_output/job
 JOB ?= $(DEMO_DIR)/job
