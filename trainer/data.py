@@ -73,24 +73,38 @@ def _decoder(encoding: str, image_size: int):
 
 
 def augment(image, seed, augment_config: dict, image_size: int):
-    """The reference augmentations on one uint8 [S, S, 1] image, stateless (seed: int32 [2])."""
-    seeds = tf.random.experimental.stateless_split(seed, num=6)
-    x = tf.cast(image, tf.float32) / 255.0
-    if augment_config["flip_left_right"]:
-        x = tf.image.stateless_random_flip_left_right(x, seeds[0])
-    if augment_config["flip_up_down"]:
-        x = tf.image.stateless_random_flip_up_down(x, seeds[1])
-    if augment_config["brightness"] > 0:
-        x = tf.image.stateless_random_brightness(x, augment_config["brightness"], seeds[2])
+    """The reference augmentations on one uint8 [S, S, 1] image, stateless (seed: int32 [2]).
+
+    The result of the tf.image chain flip -> flip -> brightness -> contrast -> pad + random
+    crop -> clip on [0, 1] floats (tests/trainer/test_data.py compares), fused to save passes
+    over the pixels, which the host CPU pays for: one draw of all random numbers, one
+    reverse for both flips and the crop on uint8 pixels, and brightness and contrast as one
+    affine map, since contrast(x + d) = c * x + (1 - c) * mean(x) + d.
+    """
+    draw_seed, crop_seed = tf.unstack(tf.random.experimental.stateless_split(seed, num=2))
+    # [flip left-right, flip up-down, brightness delta, contrast factor], each in [0, 1).
+    draws = tf.random.stateless_uniform([4], draw_seed)
+    flips = tf.stack(
+        [
+            augment_config["flip_up_down"] and draws[1] < 0.5,
+            augment_config["flip_left_right"] and draws[0] < 0.5,
+        ]
+    )
+    image = tf.reverse(image, tf.boolean_mask(tf.constant([0, 1]), flips))
+    max_delta = augment_config["brightness"]
     low, high = augment_config["contrast"]
-    if high > low:
-        x = tf.image.stateless_random_contrast(x, low, high, seeds[3])
+    if max_delta > 0 or high > low:
+        delta = max_delta * (2.0 * draws[2] - 1.0)
+        factor = low + (high - low) * draws[3]
+        x = tf.cast(image, tf.float32) / 255.0
+        offset = (1.0 - factor) * tf.reduce_mean(x) + delta
+        x = tf.clip_by_value(x * factor + offset, 0.0, 1.0)
+        image = tf.cast(tf.round(x * 255.0), tf.uint8)
     padding = int(round(image_size * augment_config["crop_padding"]))
     if padding > 0:
-        padded = tf.image.resize_with_crop_or_pad(x, image_size + padding, image_size + padding)
-        x = tf.image.stateless_random_crop(padded, [image_size, image_size, 1], seeds[4])
-    x = tf.clip_by_value(x, 0.0, 1.0)
-    return tf.cast(tf.round(x * 255.0), tf.uint8)
+        padded = tf.image.resize_with_crop_or_pad(image, image_size + padding, image_size + padding)
+        image = tf.image.stateless_random_crop(padded, [image_size, image_size, 1], crop_seed)
+    return image
 
 
 def train_dataset_fn(
