@@ -1,0 +1,23 @@
+"""Benchmark inputs: the synthetic MURA sample and its shards, made with the real tools."""
+
+from __future__ import annotations
+
+import pathlib
+
+
+def sample_and_shards(
+    work: pathlib.Path, patients: int, image_size: int, encoding: str = "png"
+) -> tuple[str, str]:
+    """Generate the sample under `work/raw` and run the Beam job into `work/shards`.
+
+    Returns (folder containing MURA-v1.1/, shards folder).
+    """
+    from beam_preprocess.__main__ import main as preprocess
+    from beam_preprocess.sample import generate_sample
+
+    raw, shards = work / "raw", work / "shards"
+    generate_sample(raw, patients=patients, seed=0)
+    argv = ["--input_dir", str(raw), "--output_dir", str(shards), "--image_size", str(image_size)]
+    if preprocess([*argv, "--encoding", encoding, "--overwrite"]) != 0:
+        raise SystemExit("preprocessing the benchmark sample failed")
+    return str(raw), str(shards)
