@@ -58,32 +58,30 @@ def after_epoch(state: dict, phase: dict, metrics: dict[str, float]) -> tuple[di
         state["best_epoch"] = epoch
 
     plateau = phase["reduce_lr"]
-    if plateau["enabled"]:
-        value = metrics[plateau["monitor"]]
-        if _better(plateau["monitor"], value, state["plateau_best"], plateau["min_delta"]):
-            state["plateau_best"] = float(value)
-            state["plateau_wait"] = 0
-        else:
-            state["plateau_wait"] += 1
-            if state["plateau_wait"] >= plateau["patience"]:
-                lowered = max(state["learning_rate"] * plateau["factor"], plateau["min_lr"])
-                state["learning_rate"] = float(lowered)
-                state["plateau_wait"] = 0
+    if plateau["enabled"] and _patience_ran_out(state, "plateau", plateau, metrics):
+        lowered = max(state["learning_rate"] * plateau["factor"], plateau["min_lr"])
+        state["learning_rate"] = float(lowered)
+        state["plateau_wait"] = 0
 
     stopping = phase["early_stopping"]
-    if stopping["enabled"]:
-        value = metrics[stopping["monitor"]]
-        if _better(stopping["monitor"], value, state["stop_best"], stopping["min_delta"]):
-            state["stop_best"] = float(value)
-            state["stop_wait"] = 0
-        else:
-            state["stop_wait"] += 1
-            if state["stop_wait"] >= stopping["patience"]:
-                state["stopped_early"] = epoch < phase["epochs"]
-                state["finished"] = True
+    if stopping["enabled"] and _patience_ran_out(state, "stop", stopping, metrics):
+        state["stopped_early"] = epoch < phase["epochs"]
+        state["finished"] = True
     if epoch >= phase["epochs"]:
         state["finished"] = True
     return state, improved
+
+
+def _patience_ran_out(state: dict, prefix: str, block: dict, metrics: dict) -> bool:
+    """Track the best value of `block["monitor"]` in state[prefix + "_best"] and the epochs
+    since it improved in state[prefix + "_wait"]; True once they reach `block["patience"]`."""
+    value = metrics[block["monitor"]]
+    if _better(block["monitor"], value, state[f"{prefix}_best"], block["min_delta"]):
+        state[f"{prefix}_best"] = float(value)
+        state[f"{prefix}_wait"] = 0
+        return False
+    state[f"{prefix}_wait"] += 1
+    return state[f"{prefix}_wait"] >= block["patience"]
 
 
 def should_restore_best(state: dict, phase: dict) -> bool:

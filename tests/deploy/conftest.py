@@ -87,6 +87,17 @@ def kill(process: subprocess.Popen) -> None:
         process.wait(timeout=30)
 
 
+def stop_group(process: subprocess.Popen, timeout_s: float = 15) -> None:
+    """SIGTERM a process group we started (by its PID), SIGKILL it if it does not exit."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=timeout_s)
+
+
 def free_ports(count: int) -> list[int]:
     sockets = [socket.socket() for _ in range(count)]
     try:
@@ -161,4 +172,5 @@ def pods() -> types.SimpleNamespace:
         trainer_command=trainer_command,
         start_pod=start_pod,
         kill=kill,
+        stop_group=stop_group,
     )

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import signal
 import socket
 import subprocess
 import sys
@@ -64,17 +63,6 @@ def wait_for_port(port: int, process: subprocess.Popen, timeout_s: float) -> Non
                 return
         time.sleep(0.2)
     raise AssertionError(f"worker pool did not listen on 127.0.0.1:{port} in {timeout_s} s")
-
-
-def stop(process: subprocess.Popen) -> None:
-    """Stop a process group we started, by its PID (the pool spawns SDK worker processes)."""
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")
@@ -130,9 +118,14 @@ def imports_project(venv: pathlib.Path, cwd: pathlib.Path) -> subprocess.Complet
 
 
 def run_job_on_worker_pool(
-    venv: pathlib.Path, input_dir: pathlib.Path, output_dir: pathlib.Path, cwd: pathlib.Path
+    venv: pathlib.Path,
+    input_dir: pathlib.Path,
+    output_dir: pathlib.Path,
+    cwd: pathlib.Path,
+    stop_group,
 ) -> subprocess.CompletedProcess:
-    """The Beam job, submitted from the repo, its DoFns run by a worker pool in `venv`."""
+    """The Beam job, submitted from the repo, its DoFns run by a worker pool in `venv`
+    (stopped afterwards with `stop_group`, the conftest helper)."""
     port = free_port()
     launcher = cwd / "loopback_worker_pool.py"
     launcher.write_text(LOOPBACK_WORKER_POOL)
@@ -169,15 +162,17 @@ def run_job_on_worker_pool(
             check=False,
         )
     finally:
-        stop(pool)
+        stop_group(pool, timeout_s=10)
 
 
 @pytest.mark.slow
-def test_workers_import_the_package_only_from_the_sdist(worker_venv, sample_dataset_dir, tmp_path):
+def test_workers_import_the_package_only_from_the_sdist(
+    worker_venv, sample_dataset_dir, tmp_path, pods
+):
     # Negative control: without the sdist the workers cannot import the job's code.
     assert imports_project(worker_venv, tmp_path).returncode != 0
     failed = run_job_on_worker_pool(
-        worker_venv, sample_dataset_dir, tmp_path / "no_sdist", tmp_path
+        worker_venv, sample_dataset_dir, tmp_path / "no_sdist", tmp_path, pods.stop_group
     )
     assert failed.returncode != 0
     assert "ModuleNotFoundError" in failed.stdout + failed.stderr
@@ -216,7 +211,9 @@ def test_workers_import_the_package_only_from_the_sdist(worker_venv, sample_data
     assert pathlib.Path(found.stdout.strip()).is_relative_to(worker_venv)
 
     output_dir = tmp_path / "shards"
-    result = run_job_on_worker_pool(worker_venv, sample_dataset_dir, output_dir, tmp_path)
+    result = run_job_on_worker_pool(
+        worker_venv, sample_dataset_dir, output_dir, tmp_path, pods.stop_group
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads((output_dir / MANIFEST_FILE).read_text())
     for split in SPLITS:

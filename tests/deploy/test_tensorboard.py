@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import socket
 import subprocess
 import sys
@@ -49,7 +47,7 @@ def scalar_tags_in_event_files(log_dir: Path) -> dict[str, set[str]]:
 
 
 @pytest.fixture
-def tensorboard_url(multiworker_run, tmp_path):
+def tensorboard_url(multiworker_run, pods, tmp_path):
     """A TensorBoard on a free loopback port over the trainer run's logs; stopped by PID."""
     assert multiworker_run.exit_codes[0] == 0  # the chief writes the logs
     port = free_port()
@@ -77,13 +75,7 @@ def tensorboard_url(multiworker_run, tmp_path):
                 time.sleep(0.5)
         yield url
     finally:
-        if server.poll() is None:
-            os.killpg(server.pid, signal.SIGTERM)
-            try:
-                server.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
-                server.wait(timeout=15)
+        pods.stop_group(server)
 
 
 @pytest.mark.slow
