@@ -218,13 +218,30 @@ def test_kill_9_at_random_instants_then_resume_matches_uninterrupted_run(
     assert_same_weights(job, reference)
 
 
+MIRRORED = ("--strategy", "mirrored", "--set", "distribute.logical_cpus=2")
+
+
+@pytest.fixture(scope="module")
+def mirrored_job(tmp_path_factory, sample_shards_dir, tiny_config):
+    """One uninterrupted 2-replica MirroredStrategy run on 2 logical CPUs."""
+    job = tmp_path_factory.mktemp("mirrored") / "job"
+    result = run_trainer(sample_shards_dir, job, tiny_config, *MIRRORED)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return job, result
+
+
+@pytest.mark.parametrize("strategy", ["default", "mirrored"])
 def test_sigterm_saves_exits_143_and_rerun_finishes_identically(
-    reference_job, sample_shards_dir, tiny_config, tmp_path
+    strategy, request, sample_shards_dir, tiny_config, tmp_path
 ):
-    reference, _, _ = reference_job
+    # The uninterrupted run of the same strategy: (job dir, ...).
+    reference = request.getfixturevalue(
+        f"{'reference' if strategy == 'default' else 'mirrored'}_job"
+    )[0]
+    flags = MIRRORED if strategy == "mirrored" else ()
     job = tmp_path / "job"
     process = subprocess.Popen(
-        _command(sample_shards_dir, job, tiny_config), cwd=REPO_ROOT, env=_env(),
+        _command(sample_shards_dir, job, tiny_config, *flags), cwd=REPO_ROOT, env=_env(),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
@@ -243,19 +260,14 @@ def test_sigterm_saves_exits_143_and_rerun_finishes_identically(
     assert "after SIGTERM" in stdout
     state = json.loads((job / "training_state.json").read_text())
     assert not state["completed"] and state["global_step"] > 0
-    result = run_trainer(sample_shards_dir, job, tiny_config)
+    result = run_trainer(sample_shards_dir, job, tiny_config, *flags)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Resuming from" in result.stdout
     assert_same_weights(job, reference)
 
 
-def test_mirrored_on_two_logical_cpus_trains_all_phases(sample_shards_dir, tiny_config, tmp_path):
-    job = tmp_path / "job"
-    result = run_trainer(
-        sample_shards_dir, job, tiny_config, "--strategy", "mirrored",
-        "--set", "distribute.logical_cpus=2",
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
+def test_mirrored_on_two_logical_cpus_trains_all_phases(mirrored_job):
+    job, result = mirrored_job
     assert "MirroredStrategy, 2 replicas" in result.stdout
     assert epochs_per_phase(job) == [2, 1, 2]
 
@@ -427,3 +439,31 @@ def test_xla_compiled_step_trains_under_mirrored(sample_shards_dir, tiny_config,
     assert "XLA True" in result.stdout
     assert epochs_per_phase(job) == [1]
     assert all(np.isfinite(w).all() for w in final_weights(job))
+
+
+def test_sigterm_to_one_worker_stops_the_whole_group_at_one_step_and_rerun_matches(
+    multi_worker_job, sample_shards_dir, tiny_config, tmp_path
+):
+    """Kubernetes evicts one pod: the stop flag is summed across workers inside the step,
+    so both save at the same step and exit 143; the restarted group ends as if uninterrupted."""
+    _, reference_results = multi_worker_job
+    job = tmp_path / "job"
+    processes = _start_workers(sample_shards_dir, job, tiny_config)
+    try:
+        deadline = time.time() + RUN_TIMEOUT
+        while _checkpoint_number(job) < 3 and all(p.poll() is None for p in processes):
+            assert time.time() < deadline
+            time.sleep(0.05)
+        processes[1].send_signal(signal.SIGTERM)  # the non-chief only
+        outputs = [process.communicate(timeout=60) for process in processes]
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                os.kill(process.pid, signal.SIGKILL)
+    assert [process.returncode for process in processes] == [143, 143], outputs[0][1][-2000:]
+    assert "after SIGTERM" in outputs[0][0]  # the chief saved, though it got no signal
+    results = _run_workers(sample_shards_dir, job, tiny_config)
+    for returncode, _, stderr in results:
+        assert returncode == 0, stderr[-3000:]
+    assert "Resuming from" in results[0][1]
+    assert _fingerprints(results) == _fingerprints(reference_results)
