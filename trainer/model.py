@@ -49,9 +49,23 @@ def build_backbone(
             _load_weights(backbone, weights)
         return backbone
     builtin = weights if weights in ("imagenet",) else None
-    backbone = _DENSENETS[name](
-        include_top=False, weights=builtin, input_shape=(image_size, image_size, 3), pooling="avg"
-    )
+    try:
+        backbone = _DENSENETS[name](
+            include_top=False,
+            weights=builtin,
+            input_shape=(image_size, image_size, 3),
+            pooling="avg",
+        )
+    except Exception as error:  # noqa: BLE001 - Keras raises a bare Exception on fetch failure
+        if builtin is None:
+            raise
+        # Offline nodes: Keras downloads the ImageNet weights on first use (into
+        # $KERAS_HOME/models/, default ~/.keras/models/) and fails with a long traceback.
+        raise TrainerError(
+            f"model.weights imagenet: cannot get the {name} ImageNet weights "
+            f"({str(error).splitlines()[0][:200]}); on an offline machine put the file in "
+            "$KERAS_HOME/models/ first, or set model.weights to a local weights file"
+        ) from None
     if weights not in ("none", "imagenet"):
         _load_weights(backbone, weights)
     return backbone

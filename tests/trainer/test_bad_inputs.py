@@ -6,6 +6,7 @@ import json
 import os
 import pathlib
 import shutil
+import socket
 import subprocess
 import sys
 
@@ -94,3 +95,47 @@ def test_bad_flag_values_are_rejected(flag, tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         main(["--data_dir", str(tmp_path), "--job_dir", str(tmp_path / "j"), flag])
     assert exit_info.value.code == 2
+
+
+def test_corrupt_weights_file(sample_shards_dir, tmp_path, capsys):
+    weights = tmp_path / "backbone.weights.h5"
+    weights.write_bytes(b"not an HDF5 file at all" * 10)
+    argv = ["--data_dir", str(sample_shards_dir), "--job_dir", str(tmp_path / "j"), *TINY]
+    assert main([*argv, "--set", f"model.weights={weights}"]) == 2
+    line = _error_line(capsys)
+    assert "backbone.weights.h5" in line and "cannot load" in line
+
+
+def test_imagenet_weights_that_cannot_be_fetched_are_one_line(sample_shards_dir, tmp_path):
+    """An offline node: the download of the ImageNet weights fails (here: every HTTPS request
+    goes to a closed loopback proxy port, so the test never touches the network)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    env = dict(
+        os.environ,
+        TF_CPP_MIN_LOG_LEVEL="2",
+        PYTHONPATH=str(REPO_ROOT),
+        KERAS_HOME=str(tmp_path / "keras"),  # an empty cache
+        HTTPS_PROXY=f"http://127.0.0.1:{closed_port}",
+        https_proxy=f"http://127.0.0.1:{closed_port}",
+    )
+    # TINY, then a DenseNet with ImageNet weights (the later --set of a key wins).
+    tiny_densenet = [
+        *TINY,
+        "--set",
+        "model.backbone=densenet121",
+        "--set",
+        "model.weights=imagenet",
+    ]
+    result = subprocess.run(
+        [sys.executable, "-m", "trainer", "--data_dir", str(sample_shards_dir),
+         "--job_dir", str(tmp_path / "j"), *tiny_densenet],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(
+        "bonify-train: error: model.weights imagenet: cannot get the densenet121"
+    )
+    assert "Traceback" not in result.stderr

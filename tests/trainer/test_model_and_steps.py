@@ -98,6 +98,30 @@ def test_model_takes_uint8_gray_and_outputs_float32_softmax():
     np.testing.assert_allclose(output.sum(axis=1), 1.0, rtol=1e-5)
 
 
+def test_densenet_backbone_loads_a_weights_file_the_user_gives(tmp_path):
+    """`model.weights: <file>`: e.g. ImageNet weights copied in for an offline cluster, or a
+    backbone pre-trained elsewhere. The file here is written by the test itself."""
+    import keras
+
+    from trainer.config import load_config
+    from trainer.model import build_backbone, build_model
+
+    source = keras.applications.DenseNet121(
+        include_top=False, weights=None, input_shape=(32, 32, 3), pooling="avg"
+    )
+    for variable in source.weights:  # distinctive values, not a fresh initialisation
+        variable.assign(np.random.default_rng(7).normal(size=variable.shape).astype("float32"))
+    path = tmp_path / "densenet121_notop.weights.h5"
+    source.save_weights(path)
+
+    loaded = build_backbone("densenet121", str(path), 32)
+    for expected, actual in zip(source.weights, loaded.weights, strict=True):
+        np.testing.assert_array_equal(np.asarray(expected), np.asarray(actual))
+    model = build_model(load_config(None, [*OVERRIDES, "model.backbone=densenet121",
+                                           f"model.weights={path}"]))  # fmt: skip
+    assert model.predict_on_batch(np.zeros((2, 32, 32, 1), np.uint8)).shape == (2, 14)
+
+
 def test_mixed_bfloat16_trains_on_cpu_and_outputs_float32():
     import keras
     import tensorflow as tf
