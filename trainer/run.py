@@ -8,6 +8,7 @@ an uninterrupted run); on a finished JOB it prints the summary and returns 0.
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import sys
@@ -162,6 +163,8 @@ class _Trainer:
         from trainer.tensorboard import Summaries
 
         self.summaries = Summaries(job_dir, self.chief)
+        # Restores after a non-finite loss in this process (bounded by max_nonfinite_retries).
+        self.nonfinite_restores = 0
 
     # ---- state -------------------------------------------------------------------------
 
@@ -178,7 +181,6 @@ class _Trainer:
             "phases": [new_phase_state(self.config["phases"][0])],
             "epoch_sums": {},
             "history": [],
-            "nonfinite_restores": 0,
         }
 
     def _write_state_files(self, state: dict) -> None:
@@ -430,8 +432,11 @@ class _Trainer:
                 self._data_error(error, self.train_files)
             if out["nonfinite"] > 0 and not scaled:
                 return self._nonfinite(state, checkpoint)
-            for key in ("loss_sum", "correct", "top3", "count"):
-                sums[key] = sums.get(key, 0.0) + out[key]
+            # A non-finite loss here is a float16 step the loss scaler skipped: keep it out of
+            # the epoch's means.
+            if math.isfinite(out["loss_sum"]):
+                for key in ("loss_sum", "correct", "top3", "count"):
+                    sums[key] = sums.get(key, 0.0) + out[key]
             state["step"], state["global_step"] = step + 1, state["global_step"] + 1
             state["epoch_sums"] = sums
             images_per_second = (
@@ -478,16 +483,15 @@ class _Trainer:
 
     def _nonfinite(self, state: dict, checkpoint) -> str:
         retries = self.config["training"]["max_nonfinite_retries"]
-        state["nonfinite_restores"] = state.get("nonfinite_restores", 0) + 1
-        self._nonfinite_count = getattr(self, "_nonfinite_count", 0) + 1
-        if self._nonfinite_count > retries or checkpoint.latest() is None:
+        self.nonfinite_restores += 1
+        if self.nonfinite_restores > retries or checkpoint.latest() is None:
             raise TrainerError(
                 f"non-finite loss at global step {state['global_step']} after {retries} restores: "
                 "lower the learning rate or check the data"
             )
         _log(
             f"non-finite loss at global step {state['global_step']}: restoring the last checkpoint "
-            f"(retry {self._nonfinite_count}/{retries})",
+            f"(retry {self.nonfinite_restores}/{retries})",
             True,
         )
         return "restore"

@@ -467,3 +467,42 @@ def test_sigterm_to_one_worker_stops_the_whole_group_at_one_step_and_rerun_match
         assert returncode == 0, stderr[-3000:]
     assert "Resuming from" in results[0][1]
     assert _fingerprints(results) == _fingerprints(reference_results)
+
+
+def test_float16_step_skipped_by_the_loss_scaler_stays_out_of_epoch_metrics(
+    sample_shards_dir, tiny_config, tmp_path, monkeypatch
+):
+    """float16: the LossScaleOptimizer skips a step with non-finite gradients and training
+    goes on (no restore); that step's inf loss must not turn the epoch's mean loss into inf."""
+    import tensorflow as tf
+
+    from trainer import loop
+    from trainer.run import train
+
+    real_make_train_step = loop.make_train_step
+    calls = {"steps": 0}
+
+    def make_train_step(*args, **kwargs):
+        real_step = real_make_train_step(*args, **kwargs)
+
+        def step(iterator, stop_flag):
+            out = real_step(iterator, stop_flag)
+            calls["steps"] += 1
+            if calls["steps"] == 2:  # as a step with an overflowing loss reports it
+                out = dict(out, loss_sum=tf.constant(float("inf")), nonfinite=tf.constant(1.0))
+            return out
+
+        return step
+
+    monkeypatch.setattr(loop, "make_train_step", make_train_step)
+    handler = signal.getsignal(signal.SIGTERM)
+    try:
+        code = train(
+            str(sample_shards_dir), str(tmp_path / "job"), str(tiny_config),
+            overrides=["phases=[{epochs: 1}]"], mixed_precision="float16",
+        )  # fmt: skip
+    finally:
+        signal.signal(signal.SIGTERM, handler)
+    assert code == 0
+    (epoch,) = json.loads((tmp_path / "job" / "history.json").read_text())
+    assert np.isfinite(epoch["loss"]) and epoch["loss"] > 0
