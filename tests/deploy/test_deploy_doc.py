@@ -54,18 +54,40 @@ def names(objects: list[dict], kind: str) -> set[str]:
     return {obj["metadata"]["name"] for obj in objects if obj["kind"] == kind}
 
 
+JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
+
+
+def check_gcloud(args: list[str], objects: list[dict]) -> None:
+    """Only the Workload Identity binding: it must name the manifests' ServiceAccount."""
+    assert args[:3] == ["iam", "service-accounts", "add-iam-policy-binding"], args
+    options = dict(arg.removeprefix("--").split("=", 1) for arg in args[4:])
+    assert options["role"] == "roles/iam.workloadIdentityUser", args
+    member = re.fullmatch(
+        r"serviceAccount:[^.]+\.svc\.id\.goog\[(\w+)/([\w-]+)\]", options["member"]
+    )
+    assert member and member[2] in names(objects, "ServiceAccount"), args
+
+
 def check_kubectl(args: list[str], objects: list[dict]) -> None:
     verb = args[0]
     if verb == "apply":
         assert args[1] == "-k" and len(args) == 3, args
         assert (REPO_ROOT / args[2] / "kustomization.yaml").exists(), args
         assert args[2].startswith("k8s/overlays/"), args
+    elif verb == "logs" and "-l" in args:
+        # Pods of one Job index, by the labels the Job controller puts on its pods.
+        labels = dict(pair.split("=") for pair in args[args.index("-l") + 1].split(","))
+        assert labels.keys() == {JOB_NAME_LABEL, "batch.kubernetes.io/job-completion-index"}
+        (job,) = [obj for obj in objects if obj["kind"] == "Job"
+                  and obj["metadata"]["name"] == labels[JOB_NAME_LABEL]]  # fmt: skip
+        assert job["spec"]["completionMode"] == "Indexed", args
+        assert int(labels["batch.kubernetes.io/job-completion-index"]) == 0  # the chief
     elif verb in ("wait", "logs"):
         (target,) = [arg for arg in args[1:] if arg.startswith("job/")]
         assert target.removeprefix("job/") in names(objects, "Job"), args
     elif verb == "delete":
         assert args[1] == "job", args
-        assert set(args[2:]) <= names(objects, "Job"), args
+        assert set(arg for arg in args[2:] if arg != "--ignore-not-found") <= names(objects, "Job")
     elif verb == "get":
         label = args[args.index("-l") + 1]
         key, value = label.split("=")
@@ -97,6 +119,8 @@ def check_command(command: list[str], objects: list[dict]) -> None:
     program, args = command[0], command[1:]
     if program == "kubectl":
         check_kubectl(args, objects)
+    elif program == "gcloud":
+        check_gcloud(args, objects)
     elif program == "docker":
         assert args[0] in ("build", "push"), command
         if args[0] == "build":
@@ -151,5 +175,6 @@ def test_doc_covers_every_overlay_and_both_dataflow_commands():
 def test_cleanup_deletes_every_job_but_not_the_volume(objects):
     deletes = [command for command in doc_commands() if command[:2] == ["kubectl", "delete"]]
     assert all(command[2] == "job" for command in deletes)
-    assert max(len(command) for command in deletes) - 3 == len(names(objects, "Job"))
-    assert set().union(*(command[3:] for command in deletes)) == names(objects, "Job")
+    deleted = [[arg for arg in command[3:] if not arg.startswith("--")] for command in deletes]
+    assert max(len(jobs) for jobs in deleted) == len(names(objects, "Job"))
+    assert set().union(*deleted) == names(objects, "Job")

@@ -18,7 +18,7 @@ from trainer.k8s_cluster import tf_config_from_environ
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 K8S_DIR = REPO_ROOT / "k8s"
-OVERLAYS = ("single-node-gpu", "multi-node-gpu", "preprocess", "evaluate")
+OVERLAYS = ("shared", "single-node-gpu", "multi-node-gpu", "preprocess", "evaluate")
 #: The oldest Kubernetes version the manifests need (Indexed Job pod hostnames, the
 #: batch.kubernetes.io/job-name label and podFailurePolicy are all GA by then).
 KUBERNETES_VERSION = "1.33.0"
@@ -127,7 +127,9 @@ def test_every_overlay_renders_and_passes_strict_schema_validation(
 ):
     files = []
     for overlay, objects in rendered.items():
-        assert find(objects, "Job"), overlay
+        # Each stage overlay runs a Job; "shared" is the shared resources alone.
+        assert bool(find(objects, "Job")) == (overlay != "shared"), overlay
+        assert find(objects, "PersistentVolumeClaim", "bonify-storage"), overlay
         path = tmp_path / f"{overlay}.yaml"
         path.write_text(yaml.safe_dump_all(objects))
         files.append(str(path))
@@ -183,6 +185,41 @@ def test_every_pod_runs_locked_down(rendered):
             volumes = {volume["name"]: volume for volume in spec["volumes"]}
             assert "emptyDir" in volumes[mounts["/tmp"]], name
             assert env_of(container)["HOME"]["value"].startswith("/tmp/"), name
+            # Every path a library writes to (HOME, caches, matplotlib, Keras) is writable.
+            for var, entry in env_of(container).items():
+                value = entry.get("value", "")
+                if value.startswith("/") and var in WRITABLE_PATH_VARS:
+                    writable = [path for path, volume in mounts.items()
+                                if value.startswith(path.rstrip("/") + "/") or value == path]  # fmt: skip
+                    assert writable, (name, var, value)
+                    mount = max(writable, key=len)
+                    assert "configMap" not in volumes[mounts[mount]], (name, var)
+        assert spec["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault", name
+        if "fsGroup" in spec["securityContext"]:
+            assert spec["securityContext"]["fsGroupChangePolicy"] == "OnRootMismatch", name
+
+
+#: Environment variables naming a directory a library writes into.
+WRITABLE_PATH_VARS = {"HOME", "MPLCONFIGDIR", "XDG_CACHE_HOME", "KERAS_HOME", "TMPDIR"}
+
+
+def image_of_the_component() -> str:
+    """newName:newTag of k8s/components/image, the one place the image is named."""
+    component = yaml.safe_load(
+        (K8S_DIR / "components" / "image" / "kustomization.yaml").read_text()
+    )
+    (image,) = component["images"]
+    return f"{image['newName']}:{image['newTag']}"
+
+
+def test_every_container_of_every_overlay_runs_the_pushed_image(rendered):
+    image = image_of_the_component()
+    for overlay, objects in rendered.items():
+        for name, spec in pod_specs(objects):
+            for container in spec["containers"]:
+                assert container["image"] == image, (overlay, name, container["image"])
+    doc = (REPO_ROOT / "docs" / "DEPLOY.md").read_text()
+    assert f"docker build -t {image} ." in doc and f"docker push {image}" in doc
 
 
 def test_no_credentials_inline(rendered):
@@ -277,6 +314,8 @@ def test_multi_node_job_is_indexed_with_all_workers_at_once(rendered):
     assert "--strategy=multi_worker" in container["args"]
     # A failed worker restarts in place (same pod hostname), so the group re-forms.
     assert spec["template"]["spec"]["restartPolicy"] == "OnFailure"
+    # An evicted pod's replacement waits for it to terminate: one pod per index at a time.
+    assert spec["podReplacementPolicy"] == "Failed"
 
 
 def test_headless_service_name_is_the_pod_subdomain_and_selects_the_workers(rendered):
@@ -414,11 +453,13 @@ def test_dockerfile_installs_this_package_and_runs_as_the_manifests_user(rendere
 
 
 def test_dockerfile_entrypoints_are_console_scripts():
+    """The image build runs each stage's command once (`--help`), so a broken install or
+    entry point fails `docker build` (RUN instructions only; comments do not count)."""
     scripts = console_scripts()
-    text = (REPO_ROOT / "Dockerfile").read_text()
-    named = set(re.findall(r"\bbonify-[a-z]+\b", text))
-    assert {"bonify-preprocess", "bonify-train", "bonify-eval"} <= named
-    assert named <= set(scripts)
+    runs = " ".join(args for keyword, args in dockerfile_instructions() if keyword == "RUN")
+    checked = set(re.findall(r"\b(bonify-[a-z]+) --help\b", runs))
+    assert checked == {"bonify-preprocess", "bonify-train", "bonify-eval"}
+    assert checked <= set(scripts)
 
 
 def test_dockerignore_keeps_local_state_out_of_the_image():
