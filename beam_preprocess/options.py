@@ -6,13 +6,14 @@ Everything is checked before any work starts; every problem is one PreprocessErr
 from __future__ import annotations
 
 import argparse
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from beam_preprocess.errors import PreprocessError
 from beam_preprocess.shards import DEFAULT_TARGET_SHARD_MB, MIN_SHARDS_PER_SPLIT
 from beam_preprocess.transform import RESIZE_MODES
+from bonify.cli import BonifyError
+from bonify.dataflow import check_dataflow_options
 from bonify.vocabulary import IMAGE_ENCODINGS
 
 PROGRAM = "bonify-preprocess"
@@ -179,63 +180,14 @@ def is_dataflow(options) -> bool:
     return runner_name(options).rsplit(".", 1)[-1].lower() in _DATAFLOW_RUNNER_NAMES
 
 
-def is_dry_run(options) -> bool:
-    """True for --dry_run=True (Dataflow: build the job, do not submit it)."""
-    from apache_beam.options.pipeline_options import TestOptions
-
-    return bool(options.view_as(TestOptions).dry_run)
-
-
 def validate_dataflow(config: PreprocessConfig, options) -> None:
-    """Check, before launching, what a Dataflow job needs. Without a valid gs://
-    temp_location Beam would retry reaching GCS for a long time instead of failing."""
-    from apache_beam.options.pipeline_options import GoogleCloudOptions
-    from apache_beam.options.pipeline_options_validator import PipelineOptionsValidator
-
+    """Check, before launching, what a Dataflow job needs (bonify.dataflow)."""
     try:
-        from apache_beam.runners.dataflow.internal import apiclient  # noqa: F401
-    except ImportError:
-        raise PreprocessError(
-            "--runner=DataflowRunner needs the Google Cloud extras: pip install -e '.[gcp]'"
-        ) from None
-    cloud = options.view_as(GoogleCloudOptions)
-    missing = [
-        flag
-        for flag, value in (("--project", cloud.project), ("--region", cloud.region))
-        if not value
-    ]
-    if missing:
-        raise PreprocessError(f"--runner=DataflowRunner needs {' and '.join(missing)}")
-    if not (cloud.temp_location or "").startswith("gs://"):
-        raise PreprocessError(
-            f"--runner=DataflowRunner needs a gs:// --temp_location, got {cloud.temp_location or 'none'}"
+        check_dataflow_options(
+            options, {"--input_dir": config.input_dir, "--output_dir": config.output_dir}
         )
-    # Beam's own name rules, checked here because Beam reacts to an invalid bucket by
-    # trying to create a default one (minutes of network retries) instead of failing.
-    rules = PipelineOptionsValidator
-    for flag, value in (
-        ("--temp_location", cloud.temp_location),
-        ("--staging_location", cloud.staging_location),
-    ):
-        if value is None:
-            continue
-        match = re.fullmatch(rules.GCS_URI, value, re.DOTALL)
-        if (
-            not match
-            or match["SCHEME"] != "gs"
-            or not re.fullmatch(rules.GCS_BUCKET, match["BUCKET"])
-        ):
-            raise PreprocessError(
-                f"{flag} {value} is not a valid gs://<bucket>/<path> (bucket names: 3-63 of a-z0-9-_.)"
-            )
-    if not re.fullmatch(rules.PROJECT_ID_PATTERN, cloud.project) and not cloud.project.isdigit():
-        raise PreprocessError(f"--project {cloud.project} is not a valid Google Cloud project id")
-    if not is_dry_run(options):
-        for flag, value in (("--input_dir", config.input_dir), ("--output_dir", config.output_dir)):
-            if not value.startswith("gs://"):
-                raise PreprocessError(
-                    f"on Dataflow {flag} must be a gs:// path the workers can read, got {value}"
-                )
+    except BonifyError as error:
+        raise PreprocessError(str(error)) from None
 
 
 def parse_args(argv: Sequence[str] | None) -> tuple[PreprocessConfig, list[str]]:

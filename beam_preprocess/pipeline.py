@@ -47,10 +47,10 @@ from beam_preprocess.options import (
     PreprocessConfig,
     beam_options,
     is_dataflow,
-    is_dry_run,
     runner_name,
     validate_dataflow,
 )
+from bonify.dataflow import is_dry_run
 from bonify.vocabulary import (
     CLASS_NAMES,
     MANIFEST_FILE,

@@ -93,23 +93,36 @@ def build_pipeline(pipeline, files: Iterable[str], model_path: str, encoding: st
 
 def predict_split_beam(model_path: str, data_dir: str, split: str, batch_size: int,
                        output_dir: str, beam_args: Sequence[str]) -> Predictions:  # fmt: skip
-    """Run the Beam inference pipeline over `split` and return its Predictions."""
+    """Run the Beam inference pipeline over `split` and return its Predictions (None for a
+    Dataflow --dry_run=True: the job is built, nothing runs)."""
     import tensorflow as tf
     from apache_beam.options.pipeline_options import PipelineOptions
 
+    from bonify.cli import BonifyError
+    from bonify.dataflow import check_dataflow_options, is_dataflow, is_dry_run
     from eval.predict import check_model_input, load_model, read_manifest, split_shards
 
+    options = PipelineOptions(list(beam_args))
+    dry_run = is_dry_run(options)
+    if is_dataflow(options):
+        paths = {"--model": model_path, "--data_dir": data_dir, "--output_dir": output_dir}
+        try:
+            check_dataflow_options(options, paths)
+        except BonifyError as error:
+            raise EvalError(str(error)) from None
     manifest = read_manifest(data_dir)
     files = split_shards(data_dir, split, manifest)
     image_size = int(manifest["image_size"])
     # Checked here, before any worker starts, so a wrong model is one clear line.
     check_model_input(load_model(model_path), image_size, model_path)
     scratch = os.path.join(output_dir, SCRATCH_DIR)
-    if tf.io.gfile.exists(scratch):
+    if not dry_run and tf.io.gfile.exists(scratch):
         tf.io.gfile.rmtree(scratch)
-    with beam.Pipeline(options=PipelineOptions(list(beam_args))) as pipeline:
+    with beam.Pipeline(options=options) as pipeline:
         build_pipeline(pipeline, files, model_path, manifest.get("encoding", "png"), image_size,
                        batch_size, os.path.join(scratch, "predictions"))  # fmt: skip
+    if dry_run:
+        return None
     rows = []
     for path in sorted(tf.io.gfile.glob(os.path.join(scratch, "predictions*.jsonl"))):
         with tf.io.gfile.GFile(path) as handle:

@@ -93,8 +93,8 @@ def _check_output_dir(output_dir: str) -> None:
         raise EvalError(f"--output_dir {output_dir}: exists and is not a folder")
 
 
-def obtain_predictions(config: EvalConfig) -> Predictions:
-    """The predictions to evaluate, per the config's mode."""
+def obtain_predictions(config: EvalConfig) -> Predictions | None:
+    """The predictions to evaluate, per the config's mode (None after a Dataflow dry run)."""
     if config.predictions is not None:
         return read_predictions(config.predictions)
     if config.beam_args is not None:
@@ -120,7 +120,11 @@ def evaluate(config: EvalConfig) -> dict:
     from eval.report import render_report, summary_text
 
     _check_output_dir(config.output_dir)
-    predictions = obtain_predictions(config).sorted_by_path()
+    predictions = obtain_predictions(config)
+    if predictions is None:  # a Dataflow --dry_run: the job was built, nothing ran
+        print("dry run on DataflowRunner: job built, nothing submitted or evaluated", flush=True)
+        return {}
+    predictions = predictions.sorted_by_path()
     metrics, tables = compute_metrics(predictions, config.bootstrap_resamples, config.seed)
     source = config.predictions or f"{config.model} on {config.data_dir} split {config.split}"
     metrics["source"] = {

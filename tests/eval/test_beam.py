@@ -40,3 +40,34 @@ def test_unknown_beam_flag_is_one_line(tiny_model_factory, sample_shards_dir, tm
     assert main(argv) == 2
     error = capsys.readouterr().err.strip()
     assert "--no_such_flag" in error and len(error.splitlines()) == 1
+
+
+DATAFLOW = ["--runner=DataflowRunner", "--project=my-project", "--region=us-central1"]
+
+
+def test_dataflow_job_builds_offline_with_dry_run(tiny_model_factory, sample_shards_dir, tmp_path,
+                                                  capsys):  # fmt: skip
+    model = tiny_model_factory(64)
+    argv = ["--model", str(model), "--data_dir", str(sample_shards_dir), "--split", "test",
+            "--output_dir", str(tmp_path / "o"), *DATAFLOW,
+            "--temp_location=gs://my-bucket/tmp", "--dry_run=True"]  # fmt: skip
+    assert main(argv) == 0
+    assert "dry run on DataflowRunner: job built" in capsys.readouterr().out
+    assert not (tmp_path / "o" / "metrics.json").exists()
+
+
+def test_dataflow_prerequisites_are_one_line_errors(tiny_model_factory, sample_shards_dir,
+                                                    tmp_path, capsys):  # fmt: skip
+    model = tiny_model_factory(64)
+    common = ["--model", str(model), "--data_dir", str(sample_shards_dir), "--split", "test",
+              "--output_dir", str(tmp_path / "o")]  # fmt: skip
+    cases = [
+        (["--runner=DataflowRunner", "--region=r1", "--temp_location=gs://my-bucket/t"],
+         "--project"),
+        ([*DATAFLOW], "gs:// --temp_location"),
+        ([*DATAFLOW, "--temp_location=gs://my-bucket/tmp"], "on Dataflow --model must be a gs://"),
+    ]  # fmt: skip
+    for flags, expected in cases:
+        assert main([*common, *flags]) == 2
+        error = capsys.readouterr().err.strip()
+        assert expected in error and len(error.splitlines()) == 1, error
