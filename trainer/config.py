@@ -173,7 +173,11 @@ def _parse_set(item: str) -> tuple[list[str], Any]:
     if "=" not in item:
         raise TrainerError(f"--set {item!r}: expected key.path=value")
     key, raw = item.split("=", 1)
-    return key.strip().split("."), _load_yaml(raw)
+    try:
+        return key.strip().split("."), _load_yaml(raw)
+    except yaml.YAMLError as error:
+        problem = getattr(error, "problem", None) or "not valid YAML"
+        raise TrainerError(f"--set {item!r}: the value is {problem}") from None
 
 
 def apply_override(config: dict, dotted: list[str], value: Any) -> dict:
@@ -196,6 +200,10 @@ def apply_override(config: dict, dotted: list[str], value: Any) -> dict:
             raise TrainerError(f"--set {'.'.join(dotted)}: bad list index {last!r}")
         node[int(last)] = value
     elif isinstance(node, dict) and last in node:
+        if isinstance(node[last], dict):
+            if not isinstance(value, dict):
+                raise TrainerError(f"--set {'.'.join(dotted)}: config key must be a mapping")
+            value = _merge(node[last], value, ".".join(dotted))
         node[last] = value
     else:
         raise TrainerError(f"--set {'.'.join(dotted)}: unknown config key {'.'.join(dotted)!r}")
@@ -236,6 +244,34 @@ def validate(config: dict) -> dict:
     for key in ("global_batch_size", "seed", "checkpoint_every_steps", "max_checkpoints"):
         _check(isinstance(training[key], int) and training[key] >= 0, f"training.{key}", "int >= 0")
     _check(training["global_batch_size"] > 0, "training.global_batch_size", "must be > 0")
+    _check(training["max_checkpoints"] >= 1, "training.max_checkpoints", "an integer >= 1")
+    for key in ("max_nonfinite_retries", "tensorboard_images"):
+        _check(isinstance(training[key], int) and training[key] >= 0, f"training.{key}", "int >= 0")
+    _check(
+        not (model["backbone"] == "small_cnn" and model["weights"] == "imagenet"),
+        "model.weights",
+        "small_cnn has no ImageNet weights: none, or a weights file",
+    )
+    _check(
+        all(isinstance(u, int) and u > 0 for u in model["head_units"])
+        and all(_number(d) and 0 <= d < 1 for d in model["head_dropout"]),
+        "model.head_units",
+        "positive integers, with head_dropout rates in [0, 1)",
+    )
+    _check(_number(model["bn_momentum"]) and 0 <= model["bn_momentum"] < 1, "model.bn_momentum",
+           "a number in [0, 1)")  # fmt: skip
+    for key in ("shuffle_buffer", "cycle_length"):
+        _check(isinstance(data[key], int) and data[key] >= 1, f"data.{key}", "an integer >= 1")
+    augment = data["augment"]
+    for key in ("enabled", "flip_left_right", "flip_up_down"):
+        _check(isinstance(augment[key], bool), f"data.augment.{key}", "true or false")
+    for key in ("brightness", "crop_padding"):
+        _check(_number(augment[key]) and augment[key] >= 0, f"data.augment.{key}", "a number >= 0")
+    loss = config["loss"]
+    _check(_number(loss["focal_gamma"]) and loss["focal_gamma"] >= 0, "loss.focal_gamma",
+           "a number >= 0")  # fmt: skip
+    _check(_number(loss["focal_alpha"]) and 0 < loss["focal_alpha"] <= 1, "loss.focal_alpha",
+           "a number in (0, 1]")  # fmt: skip
     for key in ("steps_per_epoch", "validation_steps", "log_every_steps", "verbose"):
         _check(isinstance(training[key], int) and training[key] >= 0, f"training.{key}", "int >= 0")
     contrast = data["augment"]["contrast"]
@@ -285,6 +321,16 @@ def validate(config: dict) -> dict:
             f"{where}.reduce_lr.factor",
             "a number in (0, 1)",
         )
+        _check(isinstance(phase["class_weights"], bool), f"{where}.class_weights", "true or false")
+        _check(_number(phase["reduce_lr"]["min_lr"]) and phase["reduce_lr"]["min_lr"] >= 0,
+               f"{where}.reduce_lr.min_lr", "a number >= 0")  # fmt: skip
+        for block in ("reduce_lr", "early_stopping"):
+            _check(isinstance(phase[block]["enabled"], bool), f"{where}.{block}.enabled",
+                   "true or false")  # fmt: skip
+            _check(_number(phase[block]["min_delta"]) and phase[block]["min_delta"] >= 0,
+                   f"{where}.{block}.min_delta", "a number >= 0")  # fmt: skip
+        _check(isinstance(phase["early_stopping"]["restore_best"], bool),
+               f"{where}.early_stopping.restore_best", "true or false")  # fmt: skip
     return config
 
 
@@ -319,6 +365,54 @@ def load_config(config_file: str | None = None, overrides: Sequence[str] = ()) -
             # `--set phases=[...]` or `phases.0={...}` may give partial phases: fill them in.
             config["phases"] = complete_phases(config["phases"])
     return validate(config)
+
+
+#: Keys a resumed job may change: how it logs and saves, and the hardware it runs on.
+#: Anything else changes what the checkpoints hold or the schedule they continue.
+RESUMABLE_CHANGES = (
+    "training.verbose",
+    "training.log_every_steps",
+    "training.tensorboard_images",
+    "training.checkpoint_every_steps",
+    "training.max_checkpoints",
+    "training.max_nonfinite_retries",
+    "distribute.strategy",
+    "distribute.logical_cpus",
+    "distribute.xla",
+)
+
+
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict):
+        items = node.items()
+    elif isinstance(node, list) and prefix == "phases":
+        items = enumerate(node)
+    else:
+        return {prefix: node}
+    flat = {}
+    for key, value in items:
+        flat.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def resume_conflict(saved: dict, config: dict) -> tuple[str, Any, Any] | None:
+    """(dotted key, saved value, this run's value) of the first key that differs between a
+    job's saved config and this run's, ignoring RESUMABLE_CHANGES; None when the job can
+    resume with this config."""
+    old, new = _flatten(saved), _flatten(config)
+    for key in sorted(old.keys() | new.keys()):
+        before, now = old.get(key, "absent"), new.get(key, "absent")
+        if key not in RESUMABLE_CHANGES and before != now:
+            return key, before, now
+    return None
+
+
+def load_saved_config(path: str) -> dict:
+    """A job's JOB/config.yaml, as written by `dump_config`."""
+    import tensorflow as tf
+
+    with tf.io.gfile.GFile(path) as handle:
+        return _load_yaml(handle) or {}
 
 
 def dump_config(config: dict) -> str:

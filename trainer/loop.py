@@ -92,11 +92,13 @@ def make_train_step(
         probabilities, per_example, gradients = compute(images, labels, weights)
         finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in gradients])
         local_bad = 1.0 - tf.cast(finite, tf.float32)
-        context = tf.distribute.get_replica_context()
-        # Keras 3.15.1's LossScaleOptimizer checks replica 0's gradients only: agree on a
-        # "non-finite anywhere" flag and poison every replica's gradients so all skip.
-        any_bad = context.all_reduce(tf.distribute.ReduceOp.SUM, local_bad)
         if scaled:
+            # Keras 3.15.1's LossScaleOptimizer checks replica 0's gradients only: agree on
+            # a "non-finite anywhere" flag and poison every replica's gradients so all skip.
+            # (Without loss scaling the summed flag returned below is enough: the host
+            # restores the last checkpoint, so no extra collective per step.)
+            context = tf.distribute.get_replica_context()
+            any_bad = context.all_reduce(tf.distribute.ReduceOp.SUM, local_bad)
             poison = tf.where(any_bad > 0, float("nan"), 0.0)
             gradients = [g + tf.cast(poison, g.dtype) for g in gradients]
         optimizer.apply(gradients, variables)

@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from trainer.config import dump_config, load_config
+from trainer.config import dump_config, load_config, load_saved_config, resume_conflict
 from trainer.errors import TrainerError
 
 #: Exit code after a SIGTERM-triggered save (128 + SIGTERM), so orchestrators restart us.
@@ -158,6 +158,8 @@ class _Trainer:
             self.validation_images, global_batch, training=False
         )
         counts = splits.get("train", {}).get("class_counts", {})
+        if any(phase["class_weights"] for phase in config["phases"]):
+            check_class_counts(counts, self.train_images, data_dir)
         self.class_weights = tf.constant(balanced_class_weights(counts))
         self.no_class_weights = tf.ones_like(self.class_weights)
         from trainer.tensorboard import Summaries
@@ -215,13 +217,14 @@ class _Trainer:
 
         from trainer import checkpoint as ckpt_lib
 
+        latest, state = ckpt_lib.read_latest_state(self.job_dir)
+        config_path = ckpt_lib.join(self.job_dir, "config.yaml")
+        if latest is not None and tf.io.gfile.exists(config_path):
+            self._check_resumable(load_saved_config(config_path))
         if self.chief:
             tf.io.gfile.makedirs(self.job_dir)
-            ckpt_lib.write_text_atomically(
-                ckpt_lib.join(self.job_dir, "config.yaml"), dump_config(self.config)
-            )
+            ckpt_lib.write_text_atomically(config_path, dump_config(self.config))
             self.summaries.hparams(self.config)
-        latest, state = ckpt_lib.read_latest_state(self.job_dir)
         if state is None:
             state = self._fresh_state()
         else:
@@ -260,6 +263,17 @@ class _Trainer:
         # Every worker prints it: equal lines in all pods show the replicas stayed in sync.
         print(f"worker {self.worker} weights sha256: {weights_fingerprint(self.model)}", flush=True)
         return 0
+
+    def _check_resumable(self, saved: dict) -> None:
+        """TrainerError when this run's config cannot continue the job's checkpoints."""
+        conflict = resume_conflict(saved, self.config)
+        if conflict is None:
+            return
+        key, old, new = conflict
+        raise TrainerError(
+            f"{self.job_dir} was trained with config key {key!r} = {old!r}, this run has {new!r}: "
+            "rerun with the job's settings (JOB/config.yaml) to resume, or use a new --job_dir"
+        )
 
     def _build_phase(self, phase_index: int):
         from trainer.checkpoint import JobCheckpoint
@@ -556,6 +570,23 @@ class _Trainer:
         checkpoint.save(state)
         self._write_state_files(state)
         return state
+
+
+def check_class_counts(counts, train_images: int, data_dir: str) -> None:
+    """TrainerError unless the manifest's train class counts can weight the loss: without
+    them every class weight would be 0, and a run would train on a zero loss."""
+    from bonify.vocabulary import CLASS_NAMES
+
+    where = f"{data_dir}/manifest.json splits.train.class_counts"
+    if not isinstance(counts, dict) or not counts:
+        raise TrainerError(
+            f"{where}: missing; needed for class weights (or set class_weights: false)"
+        )
+    unknown = sorted(set(counts) - set(CLASS_NAMES))
+    if unknown:
+        raise TrainerError(f"{where}: unknown class names {unknown[:3]}")
+    if sum(int(value) for value in counts.values()) != train_images:
+        raise TrainerError(f"{where}: the counts do not add up to the {train_images} train images")
 
 
 def weights_fingerprint(model) -> str:

@@ -139,3 +139,27 @@ def test_imagenet_weights_that_cannot_be_fetched_are_one_line(sample_shards_dir,
         "bonify-train: error: model.weights imagenet: cannot get the densenet121"
     )
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "counts, message",
+    [
+        (None, "missing"),
+        ({"ELBOW_Normal": 1, "KNEE_Normal": 3}, "unknown class names"),
+        ({"ELBOW_Normal": 1}, "do not add up"),
+    ],
+)
+def test_class_counts_that_cannot_weight_the_loss(sample_shards_dir, tmp_path, capsys, counts,
+                                                  message):  # fmt: skip
+    data = tmp_path / "data"
+    shutil.copytree(sample_shards_dir, data)
+    manifest = json.loads((data / "manifest.json").read_text())
+    if counts is None:
+        del manifest["splits"]["train"]["class_counts"]
+    else:
+        manifest["splits"]["train"]["class_counts"] = counts
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    argv = ["--data_dir", str(data), "--job_dir", str(tmp_path / "j"), *TINY]
+    assert main(argv) == 2
+    line = _error_line(capsys)
+    assert "splits.train.class_counts" in line and message in line

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import yaml
 
-from trainer.config import DEFAULTS, load_config
+from trainer.config import DEFAULTS, dump_config, load_config, resume_conflict
 from trainer.errors import TrainerError
 
 
@@ -91,3 +93,49 @@ def test_exponent_without_a_dot_is_a_number_in_yaml_and_set(tmp_path):
     path.write_text("phases:\n  - {learning_rate: 1e-4}\n")
     assert load_config(str(path))["phases"][0]["learning_rate"] == 1e-4
     assert load_config(None, ["phases.1.learning_rate=3E-6"])["phases"][1]["learning_rate"] == 3e-6
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("model=5", "model"),
+        ("training.seed=[1", "training.seed"),
+        ("training.max_checkpoints=0", "training.max_checkpoints"),
+        ("phases.0.reduce_lr.min_lr=abc", "phases[0].reduce_lr.min_lr"),
+        ("phases.1.early_stopping.min_delta=x", "phases[1].early_stopping.min_delta"),
+        ("model.head_dropout=[1.5, 0.2]", "model.head_units"),
+        ("data.shuffle_buffer=0", "data.shuffle_buffer"),
+        ("loss.focal_alpha=2", "loss.focal_alpha"),
+        ("phases.0.class_weights=maybe", "phases[0].class_weights"),
+        ("model.backbone=small_cnn", "model.weights"),  # small_cnn has no ImageNet weights
+    ],
+)
+def test_bad_values_are_errors_naming_the_key(override, key):
+    with pytest.raises(TrainerError, match=re.escape(key)):
+        load_config(None, [override])
+
+
+def test_set_a_mapping_key_merges_and_checks_its_keys():
+    config = load_config(None, ["data.augment={brightness: 0.3}"])
+    assert config["data"]["augment"]["brightness"] == 0.3
+    assert config["data"]["augment"]["flip_left_right"] is True
+    with pytest.raises(TrainerError, match="data.augment.bogus"):
+        load_config(None, ["data.augment={bogus: 1}"])
+
+
+def test_resume_conflict_names_the_first_key_that_changes_the_checkpoints():
+    saved = yaml.safe_load(dump_config(load_config(None)))
+    assert (
+        resume_conflict(saved, load_config(None, ["training.verbose=2", "distribute.xla=true"]))
+        is None
+    )
+    assert resume_conflict(saved, load_config(None, ["phases.1.trainable=head_only"])) == (
+        "phases.1.trainable",
+        "all",
+        "head_only",
+    )
+    shorter = load_config(None, ["phases=[{epochs: 1}, {epochs: 1}]"])
+    assert resume_conflict(saved, shorter)[0].startswith("phases.")
+    assert resume_conflict(saved, load_config(None, ["training.global_batch_size=64"]))[0] == (
+        "training.global_batch_size"
+    )

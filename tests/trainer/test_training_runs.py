@@ -506,3 +506,23 @@ def test_float16_step_skipped_by_the_loss_scaler_stays_out_of_epoch_metrics(
     assert code == 0
     (epoch,) = json.loads((tmp_path / "job" / "history.json").read_text())
     assert np.isfinite(epoch["loss"]) and epoch["loss"] > 0
+
+
+def test_resuming_with_a_config_that_changes_the_checkpoints_is_refused(
+    reference_job, sample_shards_dir, tiny_config, tmp_path
+):
+    import shutil
+
+    job = tmp_path / "job"
+    shutil.copytree(reference_job[0], job)
+    state = json.loads((job / "training_state.json").read_text())
+    (job / "training_state.json").write_text(json.dumps(dict(state, completed=False)))
+    saved_config = (job / "config.yaml").read_text()
+    result = run_trainer(
+        sample_shards_dir, job, tiny_config, "--set", "phases.0.trainable=all",
+        "--set", "training.verbose=1",  # allowed to change on resume; not the one reported
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert "config key 'phases.0.trainable' = 'last_n:4', this run has 'all'" in last
+    assert (job / "config.yaml").read_text() == saved_config  # nothing overwritten
