@@ -106,13 +106,19 @@ def set_precision(precision: str) -> None:
     keras.mixed_precision.set_global_policy(policy[precision])
 
 
+def any_worker(strategy: tf.distribute.Strategy, flag: bool) -> bool:
+    """True when `flag` is set on any worker: a tiny all-reduce under multi-worker, so every
+    worker gets the same answer at the same point (and waits there for the others)."""
+    if not _is_multi_worker(strategy):
+        return flag
+    per_replica = strategy.run(lambda: tf.constant(1.0 if flag else 0.0))
+    return bool(strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None).numpy() > 0)
+
+
 def barrier(strategy: tf.distribute.Strategy) -> None:
-    """Block until every worker gets here (a tiny all-reduce; a no-op off multi-worker).
+    """Block until every worker gets here (a no-op off multi-worker).
 
     Used after the chief writes a file that the other workers read next: without it a
     worker can reach the read before the chief has finished the write.
     """
-    if not _is_multi_worker(strategy):
-        return
-    per_replica = strategy.run(lambda: tf.constant(1.0))
-    strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None).numpy()
+    any_worker(strategy, False)

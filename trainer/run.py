@@ -74,6 +74,8 @@ def train(
     tf_config_from_k8s: bool = False,
 ) -> int:
     """Train (or resume) the job; returns the process exit code (0, or 143 after SIGTERM)."""
+    global _stop_requested
+    _stop_requested = False  # a new run in this process starts unstopped
     if tf_config_from_k8s:
         from trainer import k8s_cluster
 
@@ -258,6 +260,10 @@ class _Trainer:
             state = self._finish_phase(phase_index, state, checkpoint)
             if state["completed"]:
                 break
+            # Before building and tracing the next phase (minutes for a DenseNet): a rerun
+            # redoes only the idempotent end of the phase just finished.
+            if self._stop_agreed(state, "at the end of a phase"):
+                return SIGTERM_EXIT_CODE
         self._write_state_files(state)
         _log(_summary_text(state, self.job_dir), self.chief)
         # Every worker prints it: equal lines in all pods show the replicas stayed in sync.
@@ -374,7 +380,20 @@ class _Trainer:
                 f"val_top3 {metrics['val_top3_accuracy']:.4f} | lr {record['learning_rate']:.3g}",
                 self.chief,
             )
+            # A SIGTERM during validation or the epoch-end save: the checkpoint just saved
+            # is the place to stop, without waiting for the next train step.
+            if self._stop_agreed(state, "after the epoch"):
+                return "stopped"
         return "finished"
+
+    def _stop_agreed(self, state: dict, where: str) -> bool:
+        """True when any worker got SIGTERM (every worker gets the same answer)."""
+        from trainer import distribute
+
+        if not distribute.any_worker(self.strategy, _stop_requested):
+            return False
+        _log(f"Stopping {where} at global step {state['global_step']} after SIGTERM", True)
+        return True
 
     @staticmethod
     def _epoch_train_metrics(state: dict) -> dict:
@@ -459,14 +478,10 @@ class _Trainer:
                 / max(time.time() - started, 1e-9)
             )
             loss = out["loss_sum"] / max(out["count"], 1.0)
-            progress.update(
-                step + 1,
-                [
-                    ("loss", loss),
-                    ("accuracy", out["correct"] / max(out["count"], 1.0)),
-                    ("images/s", images_per_second),
-                ],
-            )
+            shown = [("images/s", images_per_second)]
+            if math.isfinite(loss):  # the bar's running means would stay nan for the epoch
+                shown += [("loss", loss), ("accuracy", out["correct"] / max(out["count"], 1.0))]
+            progress.update(step + 1, shown)
             if (
                 training["log_every_steps"]
                 and state["global_step"] % training["log_every_steps"] == 0

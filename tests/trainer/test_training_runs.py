@@ -526,3 +526,42 @@ def test_resuming_with_a_config_that_changes_the_checkpoints_is_refused(
     last = result.stderr.strip().splitlines()[-1]
     assert "config key 'phases.0.trainable' = 'last_n:4', this run has 'all'" in last
     assert (job / "config.yaml").read_text() == saved_config  # nothing overwritten
+
+
+def test_sigterm_during_validation_stops_after_the_epoch_save_and_rerun_matches(
+    reference_job, sample_shards_dir, tiny_config, tmp_path, monkeypatch, capsys
+):
+    """SIGTERM arriving while no train step runs (here: in the first validation) stops at the
+    epoch-end checkpoint instead of waiting for the next step; a rerun in the same process
+    (the stop flag reset) ends with the uninterrupted run's weights."""
+    from trainer import loop
+    from trainer.run import SIGTERM_EXIT_CODE, train
+
+    real_make_eval_step = loop.make_eval_step
+    sent = []
+
+    def make_eval_step(*args, **kwargs):
+        real_step = real_make_eval_step(*args, **kwargs)
+
+        def step(iterator):
+            if not sent:
+                sent.append(True)
+                os.kill(os.getpid(), signal.SIGTERM)  # the trainer's own handler takes it
+            return real_step(iterator)
+
+        return step
+
+    job = tmp_path / "job"
+    handler = signal.getsignal(signal.SIGTERM)
+    try:
+        with monkeypatch.context() as patch:
+            patch.setattr(loop, "make_eval_step", make_eval_step)
+            assert train(str(sample_shards_dir), str(job), str(tiny_config)) == SIGTERM_EXIT_CODE
+        assert "Stopping after the epoch at global step 3 after SIGTERM" in capsys.readouterr().out
+        state = json.loads((job / "training_state.json").read_text())
+        assert (state["epoch"], state["step_in_epoch"], state["completed"]) == (1, 0, False)
+        assert train(str(sample_shards_dir), str(job), str(tiny_config)) == 0
+    finally:
+        signal.signal(signal.SIGTERM, handler)
+    assert epochs_per_phase(job) == epochs_per_phase(reference_job[0])
+    assert_same_weights(job, reference_job[0])
