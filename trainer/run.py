@@ -408,10 +408,11 @@ class _Trainer:
     def _data_error(self, error: Exception, files: list[str]):
         from trainer.data import find_corrupt_shard
 
-        bad = find_corrupt_shard(files)
+        bad = find_corrupt_shard(files, self.encoding, self.config["data"]["image_size"])
         if bad is None:
             raise error
-        raise TrainerError(f"corrupt shard {bad}: cannot read its records; rerun beam_preprocess")
+        shard, problem = bad
+        raise TrainerError(f"corrupt shard {shard}: {problem}; rerun beam_preprocess")
 
     def _run_epoch(self, phase_index: int, state: dict, checkpoint) -> str:
         import keras

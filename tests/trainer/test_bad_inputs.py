@@ -68,14 +68,37 @@ def test_unreadable_weights_file(sample_shards_dir, tmp_path, capsys):
     assert "missing.weights.h5" in _error_line(capsys)
 
 
-def test_corrupt_shard_is_named(sample_shards_dir, tmp_path):
+def _break_checksums(shard: pathlib.Path) -> None:
+    raw = bytearray(shard.read_bytes())
+    for index in range(40, min(len(raw), 400)):
+        raw[index] ^= 0x5A
+    shard.write_bytes(bytes(raw))
+
+
+def _break_an_image(shard: pathlib.Path) -> None:
+    """Well-framed records, but the second one's image bytes are no PNG."""
+    import tensorflow as tf
+
+    from bonify.vocabulary import RecordKeys
+
+    records = [bytes(record.numpy()) for record in tf.data.TFRecordDataset(str(shard))]
+    example = tf.train.Example.FromString(records[1])
+    example.features.feature[RecordKeys.IMAGE].bytes_list.value[:] = [b"not a png at all"]
+    records[1] = example.SerializeToString()
+    with tf.io.TFRecordWriter(str(shard)) as writer:
+        for record in records:
+            writer.write(record)
+
+
+@pytest.mark.parametrize(
+    "corrupt, problem",
+    [(_break_checksums, "cannot be read"), (_break_an_image, "record 2 does not decode")],
+)
+def test_corrupt_shard_is_named(sample_shards_dir, tmp_path, corrupt, problem):
     data = tmp_path / "data"
     shutil.copytree(sample_shards_dir, data)
     victim = sorted(data.glob("mura-train.tfrecord-*"))[3]
-    raw = bytearray(victim.read_bytes())
-    for index in range(40, min(len(raw), 400)):
-        raw[index] ^= 0x5A  # breaks the record CRCs
-    victim.write_bytes(bytes(raw))
+    corrupt(victim)
     manifest = json.loads((data / "manifest.json").read_text())
     assert manifest["image_size"] == 64
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO_ROOT))
@@ -87,6 +110,7 @@ def test_corrupt_shard_is_named(sample_shards_dir, tmp_path):
     assert result.returncode == 2, result.stderr[-2000:]
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("bonify-train: error: corrupt shard") and victim.name in last
+    assert problem in last
     assert "Traceback" not in result.stderr
 
 
