@@ -30,9 +30,12 @@ def cluster_task_count() -> int:
     if not raw:
         return 0
     try:
-        cluster = json.loads(raw).get("cluster", {})
+        parsed = json.loads(raw)
     except json.JSONDecodeError:
         raise TrainerError("TF_CONFIG is not valid JSON") from None
+    cluster = parsed.get("cluster", {}) if isinstance(parsed, dict) else None
+    if not isinstance(cluster, dict) or not all(isinstance(t, list) for t in cluster.values()):
+        raise TrainerError('TF_CONFIG must be {"cluster": {"worker": [...], ...}, "task": {...}}')
     return sum(len(tasks) for tasks in cluster.values())
 
 

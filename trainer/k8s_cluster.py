@@ -126,7 +126,7 @@ def worker_addresses(environ: Mapping[str, str]) -> list[str]:
         }
         try:
             addresses.append(template.format(**fields))
-        except (KeyError, IndexError, ValueError) as error:
+        except (KeyError, IndexError, ValueError, AttributeError, TypeError) as error:
             raise ClusterConfigError(
                 f"environment variable {ADDRESS_TEMPLATE_VAR}={template!r} is not a valid "
                 f"template ({error!r}); use the fields {', '.join(_TEMPLATE_FIELDS)}"

@@ -79,6 +79,11 @@ def test_loopback_template_with_one_port_per_index():
         ({"BONIFY_WORKER_PORT": "1,2,3"}, "BONIFY_WORKER_PORT"),
         ({"BONIFY_WORKER_ADDRESS_TEMPLATE": "{host}:{port}"}, "BONIFY_WORKER_ADDRESS_TEMPLATE"),
         ({"BONIFY_WORKER_ADDRESS_TEMPLATE": "{namespace}:{port}"}, "BONIFY_NAMESPACE"),
+        (
+            {"BONIFY_WORKER_ADDRESS_TEMPLATE": "{hostname.x}:{port}"},
+            "BONIFY_WORKER_ADDRESS_TEMPLATE",
+        ),
+        ({"BONIFY_WORKER_ADDRESS_TEMPLATE": "{port[0]}"}, "BONIFY_WORKER_ADDRESS_TEMPLATE"),
         ({"HOSTNAME": "other-job-1"}, "HOSTNAME"),
     ],
 )

@@ -187,3 +187,12 @@ def test_class_counts_that_cannot_weight_the_loss(sample_shards_dir, tmp_path, c
     assert main(argv) == 2
     line = _error_line(capsys)
     assert "splits.train.class_counts" in line and message in line
+
+
+@pytest.mark.parametrize("tf_config", ["[1, 2]", '{"cluster": 3}', "{not json"])
+def test_malformed_tf_config_is_one_line(tf_config, sample_shards_dir, tmp_path, capsys,
+                                         monkeypatch):  # fmt: skip
+    monkeypatch.setenv("TF_CONFIG", tf_config)
+    argv = ["--data_dir", str(sample_shards_dir), "--job_dir", str(tmp_path / "j"), *TINY]
+    assert main(argv) == 2
+    assert "TF_CONFIG" in _error_line(capsys)
