@@ -1,7 +1,7 @@
 """Checkpoints and state files in JOB/: atomic, chief-written, restored by every worker.
 
 Layout: JOB/checkpoints/ (tf.train.CheckpointManager: model, optimizer, and the training
-state as a JSON string variable), JOB/best/phase<N>/ (best weights of a phase, model only),
+state as a JSON string variable), JOB/best/phase<N>/epoch<E> (best weights of a phase, model only),
 JOB/training_state.json and JOB/history.json (human-readable, rewritten atomically).
 
 Multi-worker (PLATFORM_FACTS): every worker restores from the chief's directory; every
@@ -100,22 +100,39 @@ class JobCheckpoint:
         return tf.train.latest_checkpoint(join(self.job_dir, CHECKPOINT_DIR))
 
 
-def best_weights_path(job_dir: str, phase_index: int) -> str:
-    """Prefix of a phase's best-weights checkpoint (phase_index is 0-based)."""
-    return join(job_dir, BEST_DIR, f"phase{phase_index + 1}", "weights")
+def best_weights_path(job_dir: str, phase_index: int, epoch: int) -> str:
+    """Prefix of the best-weights checkpoint of a phase (0-based) written after `epoch`.
+
+    One file set per epoch, never rewritten: a crash between writing a new best and the
+    epoch-end checkpoint leaves the state's best_epoch pointing at a complete older file.
+    """
+    return join(job_dir, BEST_DIR, f"phase{phase_index + 1}", f"epoch{epoch}")
 
 
-def save_best_weights(job_dir: str, phase_index: int, model, chief: bool, worker: int) -> None:
-    """Write the model's weights as the phase's best (atomic enough: written, then used)."""
+def save_best_weights(
+    job_dir: str, phase_index: int, epoch: int, model, chief: bool, worker: int
+) -> None:
+    """Write the model's weights as the phase's best after `epoch` (1-based in the phase)."""
     checkpoint = tf.train.Checkpoint(model=model)
     if chief:
-        checkpoint.write(best_weights_path(job_dir, phase_index))
+        checkpoint.write(best_weights_path(job_dir, phase_index, epoch))
     else:
         temp = _worker_temp_dir(job_dir, worker)
         checkpoint.write(join(temp, "best"))
         tf.io.gfile.rmtree(temp)
 
 
-def restore_best_weights(job_dir: str, phase_index: int, model) -> None:
+def prune_best_weights(job_dir: str, phase_index: int, keep_epoch: int | None) -> None:
+    """Delete a phase's best-weight files other than `keep_epoch`'s (chief, after the
+    epoch-end checkpoint has recorded which one is the best)."""
+    folder = join(job_dir, BEST_DIR, f"phase{phase_index + 1}")
+    keep = f"epoch{keep_epoch}."
+    for path in tf.io.gfile.glob(join(folder, "epoch*")):
+        if not path.rsplit("/", 1)[-1].startswith(keep):
+            tf.io.gfile.remove(path)
+
+
+def restore_best_weights(job_dir: str, phase_index: int, epoch: int, model) -> None:
     """Load a phase's best weights into the model (every worker, from the chief's files)."""
-    tf.train.Checkpoint(model=model).read(best_weights_path(job_dir, phase_index)).expect_partial()
+    path = best_weights_path(job_dir, phase_index, epoch)
+    tf.train.Checkpoint(model=model).read(path).expect_partial()

@@ -332,7 +332,14 @@ class _Trainer:
             if improved:
                 from trainer.checkpoint import save_best_weights
 
-                save_best_weights(self.job_dir, phase_index, self.model, self.chief, self.worker)
+                save_best_weights(
+                    self.job_dir,
+                    phase_index,
+                    phase_state["best_epoch"],
+                    self.model,
+                    self.chief,
+                    self.worker,
+                )
                 # Before any worker can read the best weights back (at the end of the phase).
                 distribute.barrier(self.strategy)
             record = {
@@ -354,6 +361,10 @@ class _Trainer:
             set_learning_rate(self.optimizer, phase_state["learning_rate"])
             checkpoint.save(state)
             self._write_state_files(state)
+            if self.chief:
+                from trainer.checkpoint import prune_best_weights
+
+                prune_best_weights(self.job_dir, phase_index, phase_state["best_epoch"])
             self.summaries.scalars(
                 "validation",
                 {
@@ -562,7 +573,9 @@ class _Trainer:
         phase = self.config["phases"][phase_index]
         phase_state = state["phases"][phase_index]
         if should_restore_best(phase_state, phase):
-            ckpt_lib.restore_best_weights(self.job_dir, phase_index, self.model)
+            ckpt_lib.restore_best_weights(
+                self.job_dir, phase_index, phase_state["best_epoch"], self.model
+            )
         model_dir = ckpt_lib.join(self.job_dir, "model")
         best_path = ckpt_lib.join(model_dir, f"phase{phase_index + 1}_best.keras")
         if self.chief:

@@ -111,6 +111,10 @@ def test_uninterrupted_run_writes_state_history_models_and_config(reference_job)
         assert (job / "model" / name).is_file()
     assert (job / "export" / "saved_model.pb").is_file()
     assert "small_cnn" in (job / "config.yaml").read_text()
+    # One best-weights file set per phase is kept: the epoch the state names as best.
+    for index, row in enumerate(state["phases"]):
+        kept = {path.name.split(".")[0] for path in (job / "best" / f"phase{index + 1}").iterdir()}
+        assert kept == {f"epoch{row['best_epoch']}"}, (index, kept)
     assert "tensorboard --logdir" in result.stdout
 
 
