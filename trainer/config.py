@@ -379,6 +379,8 @@ RESUMABLE_CHANGES = (
     "distribute.strategy",
     "distribute.logical_cpus",
     "distribute.xla",
+    # Checked after resolution instead ("auto" differs per machine): trainer.run.
+    "distribute.mixed_precision",
 )
 
 

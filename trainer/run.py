@@ -185,6 +185,9 @@ class _Trainer:
             "phases": [new_phase_state(self.config["phases"][0])],
             "epoch_sums": {},
             "history": [],
+            # The resolved precision ("auto" resolves per machine): float16 adds the loss
+            # scaler's variables to the checkpoint, so a resume must use the same.
+            "precision": self.precision,
         }
 
     def _write_state_files(self, state: dict) -> None:
@@ -223,6 +226,13 @@ class _Trainer:
         config_path = ckpt_lib.join(self.job_dir, "config.yaml")
         if latest is not None and tf.io.gfile.exists(config_path):
             self._check_resumable(load_saved_config(config_path))
+        if state is not None and state.get("precision", self.precision) != self.precision:
+            raise TrainerError(
+                f"{self.job_dir} was trained with mixed precision {state['precision']!r}, this "
+                f"run resolves distribute.mixed_precision="
+                f"{self.config['distribute']['mixed_precision']!r} to {self.precision!r}: "
+                f"resume with --mixed_precision {state['precision']}, or use a new --job_dir"
+            )
         if self.chief:
             tf.io.gfile.makedirs(self.job_dir)
             ckpt_lib.write_text_atomically(config_path, dump_config(self.config))

@@ -569,3 +569,18 @@ def test_sigterm_during_validation_stops_after_the_epoch_save_and_rerun_matches(
         signal.signal(signal.SIGTERM, handler)
     assert epochs_per_phase(job) == epochs_per_phase(reference_job[0])
     assert_same_weights(job, reference_job[0])
+
+
+def test_resuming_with_another_resolved_precision_is_refused(
+    reference_job, sample_shards_dir, tiny_config, tmp_path
+):
+    import shutil
+
+    job = tmp_path / "job"
+    shutil.copytree(reference_job[0], job)
+    state = json.loads((job / "training_state.json").read_text())
+    (job / "training_state.json").write_text(json.dumps(dict(state, completed=False)))
+    result = run_trainer(sample_shards_dir, job, tiny_config, "--mixed_precision", "bfloat16")
+    assert result.returncode == 2, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert "was trained with mixed precision 'off'" in last and "'bfloat16'" in last
