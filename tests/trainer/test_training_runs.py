@@ -512,15 +512,21 @@ def test_float16_step_skipped_by_the_loss_scaler_stays_out_of_epoch_metrics(
     assert np.isfinite(epoch["loss"]) and epoch["loss"] > 0
 
 
+def unfinished_copy(job: pathlib.Path, destination: pathlib.Path) -> pathlib.Path:
+    """A copy of a finished job that a rerun does not take as finished (it then checks
+    whether it may resume; the checkpoints themselves are the finished run's)."""
+    import shutil
+
+    shutil.copytree(job, destination)
+    state = json.loads((destination / "training_state.json").read_text())
+    (destination / "training_state.json").write_text(json.dumps(dict(state, completed=False)))
+    return destination
+
+
 def test_resuming_with_a_config_that_changes_the_checkpoints_is_refused(
     reference_job, sample_shards_dir, tiny_config, tmp_path
 ):
-    import shutil
-
-    job = tmp_path / "job"
-    shutil.copytree(reference_job[0], job)
-    state = json.loads((job / "training_state.json").read_text())
-    (job / "training_state.json").write_text(json.dumps(dict(state, completed=False)))
+    job = unfinished_copy(reference_job[0], tmp_path / "job")
     saved_config = (job / "config.yaml").read_text()
     result = run_trainer(
         sample_shards_dir, job, tiny_config, "--set", "phases.0.trainable=all",
@@ -574,12 +580,7 @@ def test_sigterm_during_validation_stops_after_the_epoch_save_and_rerun_matches(
 def test_resuming_with_another_resolved_precision_is_refused(
     reference_job, sample_shards_dir, tiny_config, tmp_path
 ):
-    import shutil
-
-    job = tmp_path / "job"
-    shutil.copytree(reference_job[0], job)
-    state = json.loads((job / "training_state.json").read_text())
-    (job / "training_state.json").write_text(json.dumps(dict(state, completed=False)))
+    job = unfinished_copy(reference_job[0], tmp_path / "job")
     result = run_trainer(sample_shards_dir, job, tiny_config, "--mixed_precision", "bfloat16")
     assert result.returncode == 2, result.stderr[-2000:]
     last = result.stderr.strip().splitlines()[-1]
