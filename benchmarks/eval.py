@@ -109,7 +109,8 @@ def main() -> None:
 
     import numpy as np
 
-    from eval.predict import read_manifest, split_shards
+    from bonify.dataset import read_manifest
+    from eval.predict import split_shards
 
     with tempfile.TemporaryDirectory() as temp:
         data_dir = pathlib.Path(args.data_dir or make_shards(pathlib.Path(temp), args.patients,

@@ -80,8 +80,9 @@ def main() -> None:
 
     import tensorflow as tf
 
+    from bonify.dataset import read_manifest, split_files
     from trainer.config import load_config
-    from trainer.data import read_manifest, shard_files, train_dataset_fn
+    from trainer.data import train_dataset_fn
 
     with tempfile.TemporaryDirectory(prefix="bonify-bench-input-") as work:
         raw_dir, data_dir = args.raw_dir, args.data_dir
@@ -98,7 +99,7 @@ def main() -> None:
         )
         steps = args.batches + 3
         dataset_fn = train_dataset_fn(
-            shard_files(data_dir, "train"), manifest["encoding"], config, 0, 0, 0, steps
+            split_files(data_dir, "train"), manifest["encoding"], config, 0, 0, 0, steps
         )
         paths = sorted(tf.io.gfile.glob(f"{raw_dir}/MURA-v1.1/train/XR_*/*/*/*.png"))
         pipelines = {

@@ -94,8 +94,9 @@ def main() -> None:
 
     import tensorflow as tf
 
+    from bonify.dataset import read_manifest, split_files
     from trainer.config import load_config
-    from trainer.data import read_manifest, shard_files, train_dataset_fn
+    from trainer.data import train_dataset_fn
     from trainer.distribute import make_strategy, resolve_precision, split_cpu
 
     split_cpu(args.cpu_logical_devices)
@@ -119,7 +120,7 @@ def main() -> None:
                 f"training.global_batch_size={args.batch_size}",
             ],
         )
-        files = shard_files(data_dir, "train")
+        files = split_files(data_dir, "train")
         dataset_fn = train_dataset_fn(files, manifest["encoding"], config, 0, 0, 0, 10**6)
 
         print(

@@ -100,7 +100,8 @@ def predict_split_beam(model_path: str, data_dir: str, split: str, batch_size: i
 
     from bonify.cli import BonifyError
     from bonify.dataflow import check_dataflow_options, is_dataflow, is_dry_run
-    from eval.predict import check_model_input, load_model, read_manifest, split_shards
+    from bonify.dataset import read_manifest
+    from eval.predict import check_model_input, load_model, split_shards
 
     options = PipelineOptions(list(beam_args))
     dry_run = is_dry_run(options)

@@ -7,18 +7,15 @@ under the default strategy, or MirroredStrategy when more than one GPU is visibl
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Iterator
 
 import numpy as np
 
+from bonify.dataset import read_manifest, split_files
 from bonify.vocabulary import (
     IMAGE_ENCODINGS,
-    MANIFEST_FILE,
     SPLITS,
     RecordKeys,
-    shard_pattern,
     tf_feature_spec,
 )
 from eval.errors import EvalError
@@ -28,27 +25,8 @@ from eval.predictions import Predictions, make_predictions
 METADATA_KEYS = (RecordKeys.PATH, RecordKeys.LABEL, RecordKeys.PATIENT_ID, RecordKeys.STUDY_ID)
 
 
-def read_manifest(data_dir: str) -> dict:
-    """The Beam job's manifest.json of `data_dir` (local or gs://); EvalError when missing/bad."""
-    import tensorflow as tf
-
-    path = os.path.join(data_dir, MANIFEST_FILE)
-    if not tf.io.gfile.exists(path):
-        raise EvalError(f"--data_dir {data_dir}: no {MANIFEST_FILE} (run the Beam job first)")
-    try:
-        with tf.io.gfile.GFile(path, "r") as handle:
-            manifest = json.load(handle)
-        int(manifest["image_size"])
-        manifest["splits"]  # noqa: B018  (presence check)
-    except (ValueError, KeyError, TypeError) as error:
-        raise EvalError(f"{path}: not a valid manifest ({type(error).__name__}: {error})") from None
-    return manifest
-
-
 def split_shards(data_dir: str, split: str, manifest: dict) -> list[str]:
     """The sorted shard files of `split`; EvalError for an unknown or empty split."""
-    import tensorflow as tf
-
     if split not in SPLITS:
         raise EvalError(f"--split {split}: unknown split; choose one of {', '.join(SPLITS)}")
     images = manifest.get("splits", {}).get(split, {}).get("images")
@@ -56,10 +34,7 @@ def split_shards(data_dir: str, split: str, manifest: dict) -> list[str]:
         raise EvalError(
             f"--split {split}: the split of {data_dir} has no images; nothing to evaluate"
         )
-    files = sorted(tf.io.gfile.glob(os.path.join(data_dir, shard_pattern(split))))
-    if not files:
-        raise EvalError(f"--data_dir {data_dir}: no shards match {shard_pattern(split)}")
-    return files
+    return split_files(data_dir, split)
 
 
 def load_model(model_path: str):

@@ -44,9 +44,14 @@ def read_json(path: str) -> dict | None:
         return json.load(handle)
 
 
+def latest_checkpoint(job_dir: str) -> str | None:
+    """The chief's latest checkpoint in JOB/checkpoints (what every worker restores from)."""
+    return tf.train.latest_checkpoint(join(job_dir, CHECKPOINT_DIR))
+
+
 def read_latest_state(job_dir: str) -> tuple[str | None, dict | None]:
     """(latest checkpoint path, the training state saved in it), or (None, None)."""
-    latest = tf.train.latest_checkpoint(join(job_dir, CHECKPOINT_DIR))
+    latest = latest_checkpoint(job_dir)
     if latest is None:
         return None, None
     raw = tf.train.load_variable(latest, _STATE_KEY)
@@ -94,10 +99,6 @@ class JobCheckpoint:
     def restore(self, path: str) -> None:
         """Restore everything from `path` (the chief's checkpoint)."""
         self.checkpoint.restore(path).assert_existing_objects_matched()
-
-    def latest(self) -> str | None:
-        """The chief's latest checkpoint (what every worker restores from)."""
-        return tf.train.latest_checkpoint(join(self.job_dir, CHECKPOINT_DIR))
 
 
 def best_weights_path(job_dir: str, phase_index: int, epoch: int) -> str:

@@ -11,38 +11,14 @@ Elements: {"image": uint8 [per_replica_batch, S, S, 1], "label": int32 [b],
 
 from __future__ import annotations
 
-import json
 import math
 
 import tensorflow as tf
 
-from bonify.vocabulary import MANIFEST_FILE, RecordKeys, shard_pattern, tf_feature_spec
+from bonify.vocabulary import RecordKeys, tf_feature_spec
 from trainer.errors import TrainerError
 
 _KEYS = (RecordKeys.IMAGE, RecordKeys.LABEL)
-
-
-def read_manifest(data_dir: str) -> dict:
-    """manifest.json of the Beam job's output (TrainerError when missing or unreadable)."""
-    if not tf.io.gfile.isdir(data_dir):
-        raise TrainerError(f"--data_dir {data_dir}: no such directory")
-    path = f"{data_dir.rstrip('/')}/{MANIFEST_FILE}"
-    if not tf.io.gfile.exists(path):
-        raise TrainerError(f"--data_dir {data_dir}: no {MANIFEST_FILE} (run beam_preprocess first)")
-    try:
-        with tf.io.gfile.GFile(path) as handle:
-            return json.load(handle)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise TrainerError(f"{path}: not valid JSON ({error})") from None
-
-
-def shard_files(data_dir: str, split: str) -> list[str]:
-    """Sorted shard paths of a split (TrainerError when there are none)."""
-    pattern = f"{data_dir.rstrip('/')}/{shard_pattern(split)}"
-    files = sorted(tf.io.gfile.glob(pattern))
-    if not files:
-        raise TrainerError(f"--data_dir {data_dir}: split {split!r} has no shards ({pattern})")
-    return files
 
 
 def find_corrupt_shard(files: list[str], encoding: str, image_size: int) -> tuple[str, str] | None:

@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Sequence
 
+from bonify.dataset import read_manifest, split_files
 from trainer.config import dump_config, load_config, load_saved_config, resume_conflict
 from trainer.errors import TrainerError
 
@@ -87,16 +88,15 @@ def train(
     import tensorflow as tf
 
     from trainer import checkpoint as ckpt_lib
-    from trainer import data as data_lib
 
-    manifest = data_lib.read_manifest(data_dir)
+    manifest = read_manifest(data_dir)
     if int(manifest.get("image_size", -1)) != config["data"]["image_size"]:
         raise TrainerError(
             f"config key 'data.image_size' is {config['data']['image_size']} but "
             f"{data_dir}/manifest.json says image_size {manifest.get('image_size')}"
         )
-    train_files = data_lib.shard_files(data_dir, "train")
-    validation_files = data_lib.shard_files(data_dir, "validation")
+    train_files = split_files(data_dir, "train")
+    validation_files = split_files(data_dir, "validation")
     previous = ckpt_lib.read_json(ckpt_lib.join(job_dir, ckpt_lib.STATE_FILE))
     if previous and previous.get("completed"):
         print(_summary_text(previous, job_dir))
@@ -486,7 +486,7 @@ class _Trainer:
             except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as error:
                 self._data_error(error, self.train_files)
             if out["nonfinite"] > 0 and not scaled:
-                return self._nonfinite(state, checkpoint)
+                return self._nonfinite(state)
             # A non-finite loss here is a float16 step the loss scaler skipped: keep it out of
             # the epoch's means.
             if math.isfinite(out["loss_sum"]):
@@ -532,10 +532,12 @@ class _Trainer:
                 checkpoint.save(state)
         return "done"
 
-    def _nonfinite(self, state: dict, checkpoint) -> str:
+    def _nonfinite(self, state: dict) -> str:
+        from trainer import checkpoint as ckpt_lib
+
         retries = self.config["training"]["max_nonfinite_retries"]
         self.nonfinite_restores += 1
-        if self.nonfinite_restores > retries or checkpoint.latest() is None:
+        if self.nonfinite_restores > retries or ckpt_lib.latest_checkpoint(self.job_dir) is None:
             raise TrainerError(
                 f"non-finite loss at global step {state['global_step']} after {retries} restores: "
                 "lower the learning rate or check the data"

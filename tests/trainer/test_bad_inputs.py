@@ -196,3 +196,11 @@ def test_malformed_tf_config_is_one_line(tf_config, sample_shards_dir, tmp_path,
     argv = ["--data_dir", str(sample_shards_dir), "--job_dir", str(tmp_path / "j"), *TINY]
     assert main(argv) == 2
     assert "TF_CONFIG" in _error_line(capsys)
+
+
+def test_manifest_that_is_not_a_manifest(tmp_path, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "manifest.json").write_text(json.dumps({"image_size": "big", "splits": {}}))
+    assert main(["--data_dir", str(data), "--job_dir", str(tmp_path / "j")]) == 2
+    assert "manifest.json: not a valid manifest" in _error_line(capsys)

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from bonify.dataset import read_manifest, split_files
 from trainer.config import DEFAULTS, load_config
-from trainer.data import augment, read_manifest, shard_files, train_dataset_fn
+from trainer.data import augment, train_dataset_fn
 
 SIZE = 64
 AUGMENT = DEFAULTS["data"]["augment"]
@@ -71,7 +72,7 @@ def _labels(dataset) -> list[int]:
 
 def test_resumed_epoch_yields_exactly_the_rest_of_the_uninterrupted_epoch(sample_shards_dir):
     manifest = read_manifest(str(sample_shards_dir))
-    files = shard_files(str(sample_shards_dir), "train")
+    files = split_files(str(sample_shards_dir), "train")
     config = load_config(None, [f"data.image_size={SIZE}", "training.global_batch_size=4"])
 
     def epoch(start_step):
@@ -91,7 +92,7 @@ def test_each_input_pipeline_yields_per_replica_batches_of_its_own_shards(sample
     from trainer.errors import TrainerError
 
     manifest = read_manifest(str(sample_shards_dir))
-    files = shard_files(str(sample_shards_dir), "train")
+    files = split_files(str(sample_shards_dir), "train")
     config = load_config(None, [f"data.image_size={SIZE}", "training.global_batch_size=4"])
     dataset_fn = train_dataset_fn(files, manifest["encoding"], config, 0, 0, 0, 3)
     pipelines = [list(dataset_fn(tf.distribute.InputContext(2, i, 2))) for i in range(2)]
