@@ -241,12 +241,14 @@ def validate(config: dict) -> dict:
         "data.image_size",
         "an integer >= 16",
     )
-    for key in ("global_batch_size", "seed", "checkpoint_every_steps", "max_checkpoints"):
+    for key in (
+        "global_batch_size", "seed", "checkpoint_every_steps", "max_checkpoints",
+        "steps_per_epoch", "validation_steps", "log_every_steps", "verbose",
+        "max_nonfinite_retries", "tensorboard_images",
+    ):  # fmt: skip
         _check(isinstance(training[key], int) and training[key] >= 0, f"training.{key}", "int >= 0")
     _check(training["global_batch_size"] > 0, "training.global_batch_size", "must be > 0")
     _check(training["max_checkpoints"] >= 1, "training.max_checkpoints", "an integer >= 1")
-    for key in ("max_nonfinite_retries", "tensorboard_images"):
-        _check(isinstance(training[key], int) and training[key] >= 0, f"training.{key}", "int >= 0")
     _check(
         not (model["backbone"] == "small_cnn" and model["weights"] == "imagenet"),
         "model.weights",
@@ -272,8 +274,6 @@ def validate(config: dict) -> dict:
            "a number >= 0")  # fmt: skip
     _check(_number(loss["focal_alpha"]) and 0 < loss["focal_alpha"] <= 1, "loss.focal_alpha",
            "a number in (0, 1]")  # fmt: skip
-    for key in ("steps_per_epoch", "validation_steps", "log_every_steps", "verbose"):
-        _check(isinstance(training[key], int) and training[key] >= 0, f"training.{key}", "int >= 0")
     contrast = data["augment"]["contrast"]
     _check(
         isinstance(contrast, list) and len(contrast) == 2 and all(map(_number, contrast)),
