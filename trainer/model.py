@@ -42,22 +42,29 @@ def _small_cnn(image_size: int, width: int, bn_momentum: float) -> keras.Model:
 def build_backbone(
     name: str, weights: str, image_size: int, small_cnn_width: int = 16, bn_momentum: float = 0.99
 ):
-    """A headless, pooled backbone taking float 3-channel ImageNet-normalised input."""
+    """A headless, pooled backbone taking float 3-channel ImageNet-normalised input.
+
+    weights: "imagenet" (DenseNets only), "none", or a weights file loaded into the backbone.
+    """
     if name == "small_cnn":
         backbone = _small_cnn(image_size, small_cnn_width, bn_momentum)
-        if weights not in ("none", "imagenet"):
-            _load_weights(backbone, weights)
-        return backbone
-    builtin = weights if weights in ("imagenet",) else None
+    else:
+        backbone = _densenet(name, image_size, imagenet=weights == "imagenet")
+    if weights not in ("none", "imagenet"):
+        _load_weights(backbone, weights)
+    return backbone
+
+
+def _densenet(name: str, image_size: int, imagenet: bool) -> keras.Model:
     try:
-        backbone = _DENSENETS[name](
+        return _DENSENETS[name](
             include_top=False,
-            weights=builtin,
+            weights="imagenet" if imagenet else None,
             input_shape=(image_size, image_size, 3),
             pooling="avg",
         )
     except Exception as error:  # noqa: BLE001 - Keras raises a bare Exception on fetch failure
-        if builtin is None:
+        if not imagenet:
             raise
         # Offline nodes: Keras downloads the ImageNet weights on first use (into
         # $KERAS_HOME/models/, default ~/.keras/models/) and fails with a long traceback.
@@ -66,9 +73,6 @@ def build_backbone(
             f"({str(error).splitlines()[0][:200]}); on an offline machine put the file in "
             "$KERAS_HOME/models/ first, or set model.weights to a local weights file"
         ) from None
-    if weights not in ("none", "imagenet"):
-        _load_weights(backbone, weights)
-    return backbone
 
 
 def _load_weights(backbone: keras.Model, path: str) -> None:
