@@ -1,8 +1,8 @@
 """Checks every stage makes before it submits a Beam job to Google Cloud Dataflow.
 
 Without them a typo costs minutes: given an invalid or missing gs:// temp_location, Beam
-tries to reach GCS (or to create a default bucket) with long network retries instead of
-failing (PLATFORM_FACTS).
+2.77 tries to reach GCS (or to create a default bucket) with long network retries instead
+of failing.
 """
 
 from __future__ import annotations
@@ -21,10 +21,21 @@ def is_dry_run(options) -> bool:
 
 
 def is_dataflow(options) -> bool:
-    """True when the pipeline options name the DataflowRunner."""
-    from apache_beam.options.pipeline_options import StandardOptions
+    """True when `options` (PipelineOptions, or a --runner value) names Google Cloud Dataflow.
 
-    return (options.view_as(StandardOptions).runner or "").endswith("DataflowRunner")
+    Accepts every spelling Beam's `create_runner` accepts: `DataflowRunner`, `dataflow`, any
+    case, `TestDataflowRunner`, or the runner's dotted class path.
+    """
+    if isinstance(options, str) or options is None:
+        name = options or ""
+    else:
+        from apache_beam.options.pipeline_options import StandardOptions
+
+        name = options.view_as(StandardOptions).runner or ""
+    if not isinstance(name, str):  # a runner object given to PipelineOptions
+        name = type(name).__name__
+    short = name.rsplit(".", 1)[-1].lower()
+    return short.removesuffix("runner") in ("dataflow", "testdataflow")
 
 
 def check_dataflow_options(options, paths: Mapping[str, str]) -> None:
