@@ -8,7 +8,7 @@ DEMO_DIR ?= demo_output
 # Extra arguments for the demo's preprocessing (e.g. DEMO_BEAM_ARGS="--runner=PortableRunner ...").
 DEMO_BEAM_ARGS ?=
 
-.PHONY: setup demo test lint format clean-demo tensorboard
+.PHONY: setup demo test test-fast lint format clean-demo tensorboard
 
 # Reinstall whenever setup.py changes; the stamp file makes reruns instant.
 $(VENV)/.installed: setup.py
@@ -29,6 +29,10 @@ format: setup
 
 test: lint
 	$(BIN)/python -m pytest
+
+# The suite without the end-to-end runs marked slow (a few minutes instead of the whole suite).
+test-fast: lint
+	$(BIN)/python -m pytest -m "not slow"
 
 # The demo: sample data -> Beam job -> trainer -> evaluator. Each step leaves a marker file
 # written last (the sample's stamp, the Beam job's manifest.json), so rerunning `make demo`

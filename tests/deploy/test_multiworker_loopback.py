@@ -42,7 +42,7 @@ def test_two_workers_train_together_from_k8s_env(multiworker_run):
 #: The multi-node Job's failure handling, read from the manifest this test stands in for.
 TRAIN_JOB = REPO_ROOT / "k8s" / "overlays" / "multi-node-gpu" / "train-job.yaml"
 RESTART_RUN_TIMEOUT_S = 420
-#: PLATFORM_FACTS: a dead worker is noticed by the others after about 9 s.
+#: A dead MultiWorkerMirroredStrategy worker is noticed by the others after about 9 s.
 PEER_LOSS_DETECTION_S = 90
 
 
