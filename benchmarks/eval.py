@@ -30,7 +30,6 @@ import time
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def build_model(image_size: int, width: int):
@@ -48,7 +47,7 @@ def build_model(image_size: int, width: int):
 
 def make_shards(work: pathlib.Path, patients: int, image_size: int) -> pathlib.Path:
     from beam_preprocess.__main__ import main as preprocess_main
-    from beam_preprocess.sample import generate_sample
+    from bonify.sample import generate_sample
 
     generate_sample(work / "raw", patients=patients, seed=0)
     out = work / "shards"
@@ -68,23 +67,20 @@ def time_evaluator(model, files, encoding, image_size, batch_size) -> tuple[int,
     return count, time.perf_counter() - start
 
 
-def simple_dataset(files, image_size, batch_size):
+def simple_dataset(files, encoding, image_size, batch_size):
     import tensorflow as tf
 
-    from bonify.vocabulary import RecordKeys, tf_feature_spec
-
-    spec = tf_feature_spec((RecordKeys.IMAGE,))
+    from bonify.dataset import parse_and_decode
 
     def decode(record):
-        image = tf.io.decode_png(tf.io.parse_single_example(record, spec)[RecordKeys.IMAGE], 1)
-        return tf.reshape(image, [image_size, image_size, 1])
+        return parse_and_decode(record, encoding, image_size)[0]
 
     return tf.data.TFRecordDataset(files).map(decode).batch(batch_size)
 
 
-def time_bare(model, files, image_size, batch_size) -> tuple[int, float]:
+def time_bare(model, files, encoding, image_size, batch_size) -> tuple[int, float]:
     start = time.perf_counter()
-    probs = model.predict(simple_dataset(files, image_size, batch_size), verbose=0)
+    probs = model.predict(simple_dataset(files, encoding, image_size, batch_size), verbose=0)
     return len(probs), time.perf_counter() - start
 
 
@@ -106,6 +102,9 @@ def main() -> None:
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per method (best kept)")
     args = parser.parse_args()
+    from bonify.cli import quiet_tensorflow_startup
+
+    quiet_tensorflow_startup()  # BONIFY_TF_LOGS=1 shows TensorFlow's start-up lines
 
     import numpy as np
 
@@ -117,19 +116,20 @@ def main() -> None:
                                                              args.image_size))  # fmt: skip
         manifest = read_manifest(str(data_dir))
         files = split_shards(str(data_dir), args.split, manifest)
-        image_size, encoding = int(manifest["image_size"]), manifest.get("encoding", "png")
-        if encoding != "png":
-            raise SystemExit("the bare baseline decodes PNG; use PNG shards")
+        image_size, encoding = manifest.image_size, manifest.encoding
         model = build_model(image_size, args.width)
-        images = np.concatenate(list(simple_dataset(files, image_size, 256).as_numpy_iterator()))
+        decoded = simple_dataset(files, encoding, image_size, 256).as_numpy_iterator()
+        images = np.concatenate(list(decoded))
         # Warm-up: trace functions and fill caches before any timing.
         time_evaluator(model, files, encoding, image_size, args.batch_size)
-        time_bare(model, files, image_size, args.batch_size)
+        time_bare(model, files, encoding, image_size, args.batch_size)
         methods = {
             "evaluator": lambda: time_evaluator(
                 model, files, encoding, image_size, args.batch_size
             ),
-            "bare model.predict": lambda: time_bare(model, files, image_size, args.batch_size),
+            "bare model.predict": lambda: time_bare(
+                model, files, encoding, image_size, args.batch_size
+            ),
             "predict on decoded arrays": lambda: time_ceiling(model, images, args.batch_size),
         }
         # Methods alternate within each repeat, so a busy neighbour on a shared machine

@@ -21,7 +21,6 @@ Without --data_dir it generates the sample and runs the Beam job at --image_size
 from __future__ import annotations
 
 import argparse
-import os
 import pathlib
 import sys
 import tempfile
@@ -29,7 +28,6 @@ import time
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "benchmarks")]
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def build(config, strategy, precision: str, xla: bool):
@@ -91,6 +89,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds, best kept")
     parser.add_argument("--patients", type=int, default=120)
     args = parser.parse_args()
+    from bonify.cli import quiet_tensorflow_startup
+
+    quiet_tensorflow_startup()  # BONIFY_TF_LOGS=1 shows TensorFlow's start-up lines
 
     import tensorflow as tf
 
@@ -121,7 +122,7 @@ def main() -> None:
             ],
         )
         files = split_files(data_dir, "train")
-        dataset_fn = train_dataset_fn(files, manifest["encoding"], config, 0, 0, 0, 10**6)
+        dataset_fn = train_dataset_fn(files, manifest.encoding, config, 0, 0, 0, 10**6)
 
         print(
             f"train step: {args.backbone} {args.image_size}px, global batch {args.batch_size}, "

@@ -49,24 +49,17 @@ class KerasModelHandler(ModelHandler):
 
 def decode_record(serialized: bytes, encoding: str, image_size: int):
     """A serialized tf.train.Example -> ((path, label, patient_id, study_id), uint8 [S, S, 1])."""
-    import tensorflow as tf
-
+    from bonify.dataset import decode_example
     from bonify.vocabulary import RecordKeys
-    from eval.predict import decode_image
 
-    features = tf.train.Example.FromString(serialized).features.feature
-
-    def text(key):
-        return features[key].bytes_list.value[0].decode()
-
+    record = decode_example(serialized, encoding, image_size)
     key = (
-        text(RecordKeys.PATH),
-        int(features[RecordKeys.LABEL].int64_list.value[0]),
-        text(RecordKeys.PATIENT_ID),
-        text(RecordKeys.STUDY_ID),
+        record[RecordKeys.PATH],
+        record[RecordKeys.LABEL],
+        record[RecordKeys.PATIENT_ID],
+        record[RecordKeys.STUDY_ID],
     )
-    image = decode_image(features[RecordKeys.IMAGE].bytes_list.value[0], encoding, image_size)
-    return key, image.numpy()
+    return key, record[RecordKeys.IMAGE]
 
 
 def to_json_line(keyed_result) -> str:
@@ -98,29 +91,22 @@ def predict_split_beam(model_path: str, data_dir: str, split: str, batch_size: i
     import tensorflow as tf
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from bonify.cli import BonifyError
-    from bonify.dataflow import check_dataflow_options, is_dataflow, is_dry_run
+    from bonify.dataflow import is_dry_run
     from bonify.dataset import read_manifest
     from eval.predict import check_model_input, load_model, split_shards
 
     options = PipelineOptions(list(beam_args))
-    dry_run = is_dry_run(options)
-    if is_dataflow(options):
-        paths = {"--model": model_path, "--data_dir": data_dir, "--output_dir": output_dir}
-        try:
-            check_dataflow_options(options, paths)
-        except BonifyError as error:
-            raise EvalError(str(error)) from None
+    dry_run = is_dry_run(options)  # the Dataflow checks ran with the flags (eval.options)
     manifest = read_manifest(data_dir)
     files = split_shards(data_dir, split, manifest)
-    image_size = int(manifest["image_size"])
+    image_size = manifest.image_size
     # Checked here, before any worker starts, so a wrong model is one clear line.
     check_model_input(load_model(model_path), image_size, model_path)
     scratch = os.path.join(output_dir, SCRATCH_DIR)
     if not dry_run and tf.io.gfile.exists(scratch):
         tf.io.gfile.rmtree(scratch)
     with beam.Pipeline(options=options) as pipeline:
-        build_pipeline(pipeline, files, model_path, manifest.get("encoding", "png"), image_size,
+        build_pipeline(pipeline, files, model_path, manifest.encoding, image_size,
                        batch_size, os.path.join(scratch, "predictions"))  # fmt: skip
     if dry_run:
         return None

@@ -11,13 +11,8 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from bonify.dataset import read_manifest, split_files
-from bonify.vocabulary import (
-    IMAGE_ENCODINGS,
-    SPLITS,
-    RecordKeys,
-    tf_feature_spec,
-)
+from bonify.dataset import Manifest, parse_and_decode, read_manifest, split_files
+from bonify.vocabulary import SPLITS, RecordKeys
 from eval.errors import EvalError
 from eval.predictions import Predictions, make_predictions
 
@@ -25,12 +20,11 @@ from eval.predictions import Predictions, make_predictions
 METADATA_KEYS = (RecordKeys.PATH, RecordKeys.LABEL, RecordKeys.PATIENT_ID, RecordKeys.STUDY_ID)
 
 
-def split_shards(data_dir: str, split: str, manifest: dict) -> list[str]:
+def split_shards(data_dir: str, split: str, manifest: Manifest) -> list[str]:
     """The sorted shard files of `split`; EvalError for an unknown or empty split."""
     if split not in SPLITS:
         raise EvalError(f"--split {split}: unknown split; choose one of {', '.join(SPLITS)}")
-    images = manifest.get("splits", {}).get(split, {}).get("images")
-    if images == 0:
+    if manifest.splits[split].images == 0:
         raise EvalError(
             f"--split {split}: the split of {data_dir} has no images; nothing to evaluate"
         )
@@ -63,33 +57,12 @@ def check_model_input(model, image_size: int, model_path: str) -> None:
         )
 
 
-def decode_image(encoded, encoding: str, image_size: int):
-    """One record's image bytes -> uint8 [image_size, image_size, 1] tensor."""
-    import tensorflow as tf
-
-    if encoding == "png":
-        image = tf.io.decode_png(encoded, channels=1)
-    elif encoding == "jpeg":
-        image = tf.io.decode_jpeg(encoded, channels=1)
-    else:
-        image = tf.io.decode_raw(encoded, tf.uint8)
-    return tf.reshape(image, [image_size, image_size, 1])
-
-
 def make_dataset(files: list[str], encoding: str, image_size: int, batch_size: int):
     """tf.data of (uint8 images [B, S, S, 1], metadata dict of [B] tensors), in shard order."""
     import tensorflow as tf
 
-    if encoding not in IMAGE_ENCODINGS:
-        raise EvalError(
-            f"manifest encoding {encoding!r} is not one of {', '.join(IMAGE_ENCODINGS)}"
-        )
-    spec = tf_feature_spec((RecordKeys.IMAGE, *METADATA_KEYS))
-
     def parse(serialized):
-        features = tf.io.parse_single_example(serialized, spec)
-        image = decode_image(features.pop(RecordKeys.IMAGE), encoding, image_size)
-        return image, features
+        return parse_and_decode(serialized, encoding, image_size, METADATA_KEYS)
 
     # Parallel reads and maps stay deterministic (the tf.data default), so rows keep shard order.
     dataset = tf.data.TFRecordDataset(files, num_parallel_reads=tf.data.AUTOTUNE)
@@ -166,15 +139,15 @@ def predict_split(
     """Run the model over every image of `split` and return validated Predictions (shard order)."""
     manifest = read_manifest(data_dir)
     files = split_shards(data_dir, split, manifest)
-    image_size = int(manifest["image_size"])
+    image_size = manifest.image_size
     model = load_model(model_path)
     check_model_input(model, image_size, model_path)
-    total = manifest.get("splits", {}).get(split, {}).get("images")
+    total = manifest.splits[split].images
     chunks, metadata = [], {key: [] for key in METADATA_KEYS}
     for probs, batch in iterate_predictions(
         model,
         files,
-        manifest.get("encoding", "png"),
+        manifest.encoding,
         image_size,
         batch_size,
         total,

@@ -1,6 +1,6 @@
 """Input pipelines from the Beam job's shards: sharded, seeded, resumable, uint8 batches.
 
-Exact resume (PLATFORM_FACTS, "Data position"): a distributed iterator cannot be saved, so
+Exact resume: a tf.distribute distributed iterator cannot be checkpointed, so
 each epoch's dataset is rebuilt from the seed of (phase, epoch) and the records of the
 steps already trained are skipped before decoding. Augmentation is stateless, seeded by
 (seed, phase, epoch, record index), so a resumed epoch sees exactly the same pixels.
@@ -15,22 +15,23 @@ import math
 
 import tensorflow as tf
 
-from bonify.vocabulary import RecordKeys, tf_feature_spec
+from bonify.dataset import parse_and_decode
+from bonify.vocabulary import RecordKeys
 from trainer.errors import TrainerError
 
-_KEYS = (RecordKeys.IMAGE, RecordKeys.LABEL)
+#: The record keys training reads besides the image.
+_KEYS = (RecordKeys.LABEL,)
 
 
 def find_corrupt_shard(files: list[str], encoding: str, image_size: int) -> tuple[str, str] | None:
     """(shard, what is wrong) for the first shard with a record that cannot be read or whose
     image does not decode to [image_size, image_size, 1]; None when every shard is sound.
     Reads every record of every file: only for the error path."""
-    decode = _decoder(encoding, image_size)
     for path in files:
         good = 0
         try:
             for serialized in tf.data.TFRecordDataset(path):
-                decode(serialized)
+                parse_and_decode(serialized, encoding, image_size, _KEYS)
                 good += 1
         except tf.errors.DataLossError:
             return path, f"record {good + 1} cannot be read (truncated or bad checksum)"
@@ -41,16 +42,10 @@ def find_corrupt_shard(files: list[str], encoding: str, image_size: int) -> tupl
 
 
 def _decoder(encoding: str, image_size: int):
+    """serialized record -> (uint8 [S, S, 1] image, int32 label), for tf.data maps."""
+
     def decode(serialized):
-        features = tf.io.parse_single_example(serialized, tf_feature_spec(_KEYS))
-        data = features[RecordKeys.IMAGE]
-        if encoding == "raw":
-            image = tf.reshape(tf.io.decode_raw(data, tf.uint8), [image_size, image_size, 1])
-        elif encoding == "jpeg":
-            image = tf.io.decode_jpeg(data, channels=1)
-        else:
-            image = tf.io.decode_png(data, channels=1, dtype=tf.uint8)
-        image = tf.ensure_shape(image, [image_size, image_size, 1])
+        image, features = parse_and_decode(serialized, encoding, image_size, _KEYS)
         return image, tf.cast(features[RecordKeys.LABEL], tf.int32)
 
     return decode

@@ -76,7 +76,7 @@ def test_resumed_epoch_yields_exactly_the_rest_of_the_uninterrupted_epoch(sample
     config = load_config(None, [f"data.image_size={SIZE}", "training.global_batch_size=4"])
 
     def epoch(start_step):
-        dataset_fn = train_dataset_fn(files, manifest["encoding"], config, 1, 2, start_step, 6)
+        dataset_fn = train_dataset_fn(files, manifest.encoding, config, 1, 2, start_step, 6)
         return list(dataset_fn(tf.distribute.InputContext()))
 
     full, resumed = epoch(0), epoch(4)
@@ -84,7 +84,7 @@ def test_resumed_epoch_yields_exactly_the_rest_of_the_uninterrupted_epoch(sample
     for left, right in zip(full[4:], resumed, strict=True):
         np.testing.assert_array_equal(left["image"], right["image"])  # same pixels, augmented
         np.testing.assert_array_equal(left["label"], right["label"])
-    other_epoch = train_dataset_fn(files, manifest["encoding"], config, 1, 3, 0, 6)
+    other_epoch = train_dataset_fn(files, manifest.encoding, config, 1, 3, 0, 6)
     assert _labels(other_epoch(tf.distribute.InputContext())) != _labels(full)
 
 
@@ -94,7 +94,7 @@ def test_each_input_pipeline_yields_per_replica_batches_of_its_own_shards(sample
     manifest = read_manifest(str(sample_shards_dir))
     files = split_files(str(sample_shards_dir), "train")
     config = load_config(None, [f"data.image_size={SIZE}", "training.global_batch_size=4"])
-    dataset_fn = train_dataset_fn(files, manifest["encoding"], config, 0, 0, 0, 3)
+    dataset_fn = train_dataset_fn(files, manifest.encoding, config, 0, 0, 0, 3)
     pipelines = [list(dataset_fn(tf.distribute.InputContext(2, i, 2))) for i in range(2)]
     assert [len(batches) for batches in pipelines] == [3, 3]
     assert all(b["image"].shape == (2, SIZE, SIZE, 1) for b in pipelines[0] + pipelines[1])
