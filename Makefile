@@ -52,6 +52,7 @@ demo: setup $(DEMO_DIR)/tfrecords/manifest.json
 	$(BIN)/bonify-eval --model $(DEMO_DIR)/job/model/final.keras --data_dir $(DEMO_DIR)/tfrecords \
 		--split test --output_dir $(DEMO_DIR)/eval
 	@echo "TensorBoard: make tensorboard JOB=$(DEMO_DIR)/job   (then open http://127.0.0.1:6006)"
+	@echo "Data report: $(DEMO_DIR)/tfrecords/data_report.html"
 	@echo "Report:      $(DEMO_DIR)/eval/report.html"
 
 # Serve a training job's TensorBoard logs on this machine: make tensorboard JOB=demo_output/job

@@ -60,7 +60,7 @@ setup(
     entry_points={
         "console_scripts": [
             "bonify-preprocess=beam_preprocess.__main__:console_main",
-            "bonify-sample=beam_preprocess.sample:console_main",
+            "bonify-sample=bonify.sample:console_main",
             "bonify-train=trainer.__main__:console_main",
             "bonify-eval=eval.__main__:console_main",
         ]

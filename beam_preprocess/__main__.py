@@ -9,10 +9,13 @@ from bonify.cli import run_command
 
 
 def _run(argv: Sequence[str] | None) -> int:
-    from beam_preprocess.options import parse_args
-    from beam_preprocess.pipeline import run_preprocess
+    from beam_preprocess.options import check_local_paths, parse_args
 
     config, beam_args = parse_args(argv)
+    check_local_paths(config)
+    # Beam (and, for the data report, TensorFlow) load only once the arguments are valid.
+    from beam_preprocess.pipeline import run_preprocess
+
     run_preprocess(config, beam_args)
     return 0
 

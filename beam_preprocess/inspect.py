@@ -1,37 +1,40 @@
-"""`python -m beam_preprocess.inspect OUT [--split S] [--n K] [--dump_dir D]`: look at
-what the job wrote. Prints K records of a split (every field but the image bytes, plus
-the decoded image's shape) and can save their images as PNGs in D (local or gs://)."""
+"""`python -m beam_preprocess.inspect`: look at what the Beam job wrote."""
 
 from __future__ import annotations
 
-import argparse
+import os
 import sys
 from collections.abc import Sequence
 
 from beam_preprocess.errors import PreprocessError
-from bonify.cli import run_command
-from bonify.vocabulary import (
-    CLASS_NAMES,
-    REGIONS,
-    SPLITS,
-    RecordKeys,
-    shard_pattern,
-    tf_feature_spec,
-)
+from bonify.cli import OneLineArgumentParser, run_command
+from bonify.vocabulary import CLASS_NAMES, REGIONS, SPLITS, RecordKeys
 
-PROGRAM = "bonify-preprocess-inspect"
+PROGRAM = "python -m beam_preprocess.inspect"
+
+DESCRIPTION = """\
+Look at what bonify-preprocess wrote to its --output_dir: print the first records of a
+split (every field but the image bytes, and the decoded image's shape), save their images
+as PNGs (what the model sees), or (re)write data_report.html, the offline picture of the
+data (counts per split, class and region charts, sample images per class, original sizes,
+views per study, rejects)."""
+
+EXAMPLES = """\
+# the first 5 test records
+python -m beam_preprocess.inspect --output_dir demo_output/tfrecords
+# 10 validation records, with their images saved as PNGs
+python -m beam_preprocess.inspect --output_dir demo_output/tfrecords --split validation --n 10 --dump_dir /tmp/images
+# rewrite data_report.html beside the shards
+python -m beam_preprocess.inspect --output_dir demo_output/tfrecords --report"""
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    def error(self, message: str):
-        raise PreprocessError(f"{message} (see --help)")
-
-
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = _OneLineParser(
-        prog="python -m beam_preprocess.inspect", description=__doc__, allow_abbrev=False
+def parse_args(argv: Sequence[str] | None):
+    """The validated arguments; a local --output_dir that does not exist is an error here,
+    before TensorFlow is imported."""
+    parser = OneLineArgumentParser(prog=PROGRAM, description=DESCRIPTION, examples=EXAMPLES)
+    parser.add_argument(
+        "--output_dir", required=True, help="the Beam job's --output_dir (local or gs://)"
     )
-    parser.add_argument("output_dir", help="the Beam job's --output_dir")
     parser.add_argument(
         "--split", choices=SPLITS, default="test", help="split to read (default test)"
     )
@@ -39,56 +42,33 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--dump_dir", default=None, help="also write the records' images as PNGs here"
     )
+    parser.add_argument(
+        "--report",
+        action="store_true",
+        help="write OUTPUT_DIR/data_report.html (instead of printing records)",
+    )
     args = parser.parse_args(argv)
     if args.n <= 0:
         raise PreprocessError(f"--n must be positive, got {args.n}")
+    if "://" not in args.output_dir and not os.path.isdir(args.output_dir):
+        raise PreprocessError(f"--output_dir {args.output_dir} does not exist")
     return args
 
 
-def decode_image(parsed: dict):
-    """uint8 tensor (height, width, 1) of a parsed record, whatever its format."""
-    import tensorflow as tf
-
-    encoding = parsed[RecordKeys.FORMAT].numpy().decode()
-    if encoding == "raw":
-        pixels = tf.io.decode_raw(parsed[RecordKeys.IMAGE], tf.uint8)
-        return tf.reshape(pixels, (parsed[RecordKeys.HEIGHT], parsed[RecordKeys.WIDTH], 1))
-    return tf.io.decode_image(parsed[RecordKeys.IMAGE], channels=1, expand_animations=False)
-
-
-def read_records(output_dir: str, split: str, count: int) -> list[dict]:
-    """The first `count` records of a split (shards in name order) as dicts of tensors,
-    each with the decoded image under "decoded_image"."""
-    import tensorflow as tf
-
-    files = sorted(tf.io.gfile.glob(f"{output_dir.rstrip('/')}/{shard_pattern(split)}"))
-    if not files:
-        raise PreprocessError(
-            f"{output_dir} has no shards of split {split!r} ({shard_pattern(split)})"
-        )
-    records = []
-    for serialized in tf.data.TFRecordDataset(files).take(count):
-        parsed = tf.io.parse_single_example(serialized, tf_feature_spec())
-        parsed["decoded_image"] = decode_image(parsed)
-        records.append(parsed)
-    return records
-
-
 def describe(record: dict) -> str:
-    """One record as readable lines (no image bytes)."""
+    """One record (bonify.dataset.iterate_records) as readable lines, no image bytes."""
     lines = []
     for key, value in record.items():
-        if key in (RecordKeys.IMAGE, "decoded_image"):
+        if key in (RecordKeys.IMAGE, "image_num_bytes"):
             continue
-        value = value.numpy()
-        shown = value.decode() if isinstance(value, bytes) else int(value)
+        shown = value
         if key == RecordKeys.LABEL:
-            shown = f"{shown} ({CLASS_NAMES[shown]})"
+            shown = f"{value} ({CLASS_NAMES[value]})"
         elif key == RecordKeys.REGION:
-            shown = f"{shown} ({REGIONS[shown]})"
+            shown = f"{value} ({REGIONS[value]})"
         lines.append(f"  {key}: {shown}")
     lines.append(
-        f"  image: {len(record[RecordKeys.IMAGE].numpy())} bytes, decoded shape {tuple(record['decoded_image'].shape)}"
+        f"  image: {record['image_num_bytes']} bytes, decoded shape {tuple(record[RecordKeys.IMAGE].shape)}"
     )
     return "\n".join(lines)
 
@@ -97,25 +77,38 @@ def inspect_output(output_dir: str, split: str, count: int, dump_dir: str | None
     """Print `count` records of `split`; write their images to dump_dir. Returns how many."""
     import tensorflow as tf
 
-    if not tf.io.gfile.exists(output_dir):
-        raise PreprocessError(f"{output_dir} does not exist")
-    records = read_records(output_dir, split, count)
+    from bonify.cli import BonifyError
+    from bonify.dataset import iterate_records, split_files
+
+    try:
+        files = split_files(output_dir, split)
+    except BonifyError:
+        raise PreprocessError(
+            f"--output_dir {output_dir} has no shards of split {split!r}"
+        ) from None
     if dump_dir:
         tf.io.gfile.makedirs(dump_dir)
-    for number, record in enumerate(records):
-        print(f"record {number} of {split}:")
+    number = 0
+    for number, record in enumerate(iterate_records(files, limit=count), start=1):
+        print(f"record {number - 1} of {split}:")
         print(describe(record))
         if dump_dir:
             label = CLASS_NAMES[int(record[RecordKeys.LABEL])]
-            target = f"{dump_dir.rstrip('/')}/{split}-{number:04d}-{label}.png"
-            tf.io.gfile.GFile(target, "wb").write(tf.io.encode_png(record["decoded_image"]).numpy())
+            target = f"{dump_dir.rstrip('/')}/{split}-{number - 1:04d}-{label}.png"
+            with tf.io.gfile.GFile(target, "wb") as handle:
+                handle.write(tf.io.encode_png(record[RecordKeys.IMAGE]).numpy())
             print(f"  written: {target}")
-    return len(records)
+    return number
 
 
 def _run(argv: Sequence[str] | None) -> int:
     args = parse_args(argv)
-    inspect_output(args.output_dir, args.split, args.n, args.dump_dir)
+    if args.report:
+        from beam_preprocess.report import write_data_report
+
+        print(f"data report: {write_data_report(args.output_dir)}")
+    else:
+        inspect_output(args.output_dir, args.split, args.n, args.dump_dir)
     return 0
 
 

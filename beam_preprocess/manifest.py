@@ -15,7 +15,12 @@ from collections.abc import Iterable, Mapping
 
 import bonify
 from beam_preprocess.index import KIND_IMAGE, Rejection
-from bonify.vocabulary import CLASS_NAMES, REGIONS, SCHEMA_VERSION, SPLITS
+from bonify.vocabulary import CLASS_NAMES, REGIONS, REJECTED_FILE, SCHEMA_VERSION, SPLITS
+
+#: Original image heights and widths are counted in bins of this many pixels
+#: ("512" counts 512..527 px), aspect ratios (width / height) in bins of ASPECT_RATIO_BIN.
+ORIGINAL_SIZE_BIN_PX = 16
+ASPECT_RATIO_BIN = 0.05
 
 EVENT_INPUT = "input"
 EVENT_SHARD = "shard"
@@ -32,6 +37,19 @@ def rejection_event(rejection: Rejection) -> dict:
     return {"type": EVENT_REJECTION, "kind": rejection.kind, "reason": rejection.reason}
 
 
+def size_bins(height: int, width: int) -> tuple[str, str, str]:
+    """The (height, width, aspect ratio) bins of an original image size, as JSON keys."""
+    return (
+        str(height // ORIGINAL_SIZE_BIN_PX * ORIGINAL_SIZE_BIN_PX),
+        str(width // ORIGINAL_SIZE_BIN_PX * ORIGINAL_SIZE_BIN_PX),
+        f"{int(width / height / ASPECT_RATIO_BIN + 1e-9) * ASPECT_RATIO_BIN:.2f}",
+    )
+
+
+def _sorted_numeric(counts: Mapping[str, int]) -> dict[str, int]:
+    return {key: counts[key] for key in sorted(counts, key=float)}
+
+
 def shard_event(
     split: str,
     shard_index: int,
@@ -40,9 +58,22 @@ def shard_event(
     class_counts: Mapping[str, int],
     region_counts: Mapping[str, int],
     patients: Iterable[str],
-    studies: Iterable[str],
+    studies: Iterable[str] | Mapping[str, int],
+    original_sizes: Iterable[tuple[int, int]] = (),
 ) -> dict:
-    """Event: one shard file was written with `written` records (`num_bytes` bytes)."""
+    """Event: one shard file was written with `written` records (`num_bytes` bytes).
+
+    studies: the study id of each record (or study id -> records); original_sizes: the
+    (height, width) in pixels of each record's source image.
+    """
+    heights: Counter = Counter()
+    widths: Counter = Counter()
+    aspect_ratios: Counter = Counter()
+    for height, width in original_sizes:
+        height_bin, width_bin, aspect_bin = size_bins(height, width)
+        heights[height_bin] += 1
+        widths[width_bin] += 1
+        aspect_ratios[aspect_bin] += 1
     return {
         "type": EVENT_SHARD,
         "split": split,
@@ -52,13 +83,17 @@ def shard_event(
         "class_counts": dict(class_counts),
         "region_counts": dict(region_counts),
         "patients": sorted(set(patients)),
-        "studies": sorted(set(studies)),
+        "studies": dict(sorted(Counter(studies).items())),
+        "original_heights": dict(heights),
+        "original_widths": dict(widths),
+        "aspect_ratios": dict(aspect_ratios),
     }
 
 
 class StatsAccumulator:
-    """Mergeable totals of events. Patients and studies are kept as sets to count them
-    distinctly and to check that no patient is in two splits."""
+    """Mergeable totals of events. Patients are kept as sets to count them distinctly and
+    to check that no patient is in two splits; studies as study id -> images (a study's
+    images are spread over several shards)."""
 
     def __init__(self) -> None:
         self.input_images = 0
@@ -68,7 +103,10 @@ class StatsAccumulator:
         self.class_counts = {split: Counter() for split in SPLITS}
         self.region_counts = {split: Counter() for split in SPLITS}
         self.patients = {split: set() for split in SPLITS}
-        self.studies = {split: set() for split in SPLITS}
+        self.studies = {split: Counter() for split in SPLITS}
+        self.original_heights = {split: Counter() for split in SPLITS}
+        self.original_widths = {split: Counter() for split in SPLITS}
+        self.aspect_ratios = {split: Counter() for split in SPLITS}
         self.shard_lengths: dict[str, dict[int, int]] = {split: {} for split in SPLITS}
         self.num_bytes: Counter = Counter()
 
@@ -90,6 +128,9 @@ class StatsAccumulator:
             self.region_counts[split].update(event["region_counts"])
             self.patients[split].update(event["patients"])
             self.studies[split].update(event["studies"])
+            self.original_heights[split].update(event.get("original_heights", {}))
+            self.original_widths[split].update(event.get("original_widths", {}))
+            self.aspect_ratios[split].update(event.get("aspect_ratios", {}))
             self.shard_lengths[split][event["shard_index"]] = event["written"]
             self.num_bytes[split] += event["num_bytes"]
         else:
@@ -105,7 +146,10 @@ class StatsAccumulator:
             self.class_counts[split].update(other.class_counts[split])
             self.region_counts[split].update(other.region_counts[split])
             self.patients[split] |= other.patients[split]
-            self.studies[split] |= other.studies[split]
+            self.studies[split].update(other.studies[split])
+            self.original_heights[split].update(other.original_heights[split])
+            self.original_widths[split].update(other.original_widths[split])
+            self.aspect_ratios[split].update(other.aspect_ratios[split])
             self.shard_lengths[split].update(other.shard_lengths[split])
         self.num_bytes.update(other.num_bytes)
         return self
@@ -127,6 +171,13 @@ class StatsAccumulator:
                 "num_shards": len(lengths),
                 "shard_lengths": [lengths[index] for index in sorted(lengths)],
                 "num_bytes": self.num_bytes[split],
+                # The data's shape, for data_report.html: studies by their number of
+                # images ("views"), original sizes in ORIGINAL_SIZE_BIN_PX bins, and
+                # aspect ratios (width / height) in ASPECT_RATIO_BIN bins.
+                "views_per_study": _sorted_numeric(Counter(map(str, self.studies[split].values()))),
+                "original_height_counts": _sorted_numeric(self.original_heights[split]),
+                "original_width_counts": _sorted_numeric(self.original_widths[split]),
+                "aspect_ratio_counts": _sorted_numeric(self.aspect_ratios[split]),
             }
         written = sum(split["images"] for split in splits.values())
         return {
@@ -208,4 +259,8 @@ def format_summary(manifest: Mapping) -> str:
             f"files on disk not listed in the CSVs (not indexed): {manifest['unlisted_files']}"
         )
     lines.append(f"patients in more than one split: {manifest['patients_in_multiple_splits']}")
+    if manifest["rejected"] or manifest["rejected_study_rows"]:
+        output_dir = str(manifest.get("output_dir", "")).rstrip("/")
+        rejected_path = f"{output_dir}/{REJECTED_FILE}" if output_dir else REJECTED_FILE
+        lines.append(f"every rejection (path, reason, detail) is listed in {rejected_path}")
     return "\n".join(lines)

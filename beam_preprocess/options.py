@@ -6,13 +6,14 @@ Everything is checked before any work starts; every problem is one PreprocessErr
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from beam_preprocess.errors import PreprocessError
 from beam_preprocess.shards import DEFAULT_TARGET_SHARD_MB, MIN_SHARDS_PER_SPLIT
 from beam_preprocess.transform import RESIZE_MODES
-from bonify.cli import BonifyError
+from bonify.cli import BonifyError, OneLineArgumentParser
 from bonify.dataflow import check_dataflow_options
 from bonify.vocabulary import IMAGE_ENCODINGS
 
@@ -22,7 +23,11 @@ PROGRAM = "bonify-preprocess"
 #: (Beam 2.77's default DirectRunner first tries to download the Prism runner.)
 DEFAULT_RUNNER = "FnApiRunner"
 
-_DATAFLOW_RUNNER_NAMES = ("dataflowrunner", "dataflow")
+#: Runners that run in this machine's processes and read Beam's --direct_* options.
+LOCAL_RUNNERS = ("fnapirunner", "directrunner")
+
+#: The options that choose how many local worker processes run the job.
+LOCAL_WORKER_FLAGS = ("--direct_num_workers", "--direct_running_mode")
 
 
 @dataclass(frozen=True)
@@ -41,30 +46,36 @@ class PreprocessConfig:
     overwrite: bool = False
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    """argparse that raises PreprocessError (one line, exit 2) instead of printing usage."""
+DESCRIPTION = f"""\
+Turn a MURA v1.1 tree (its 4 CSVs and PNGs, local or gs://) into the training data: images
+resized to one square size, written as sharded TFRecords with a patient-disjoint
+train/validation/test split, plus manifest.json (counts and settings), rejected.jsonl (every
+image or label row left out, with the reason), data_report.html (a picture of the data) and
+TFDS metadata.
 
-    def error(self, message: str):  # noqa: D102 - argparse API
-        raise PreprocessError(f"{message} (see --help)")
+Flags not listed below are Apache Beam pipeline options (--runner, --direct_num_workers,
+--project, --region, --temp_location, --setup_file, ...). Without --runner the job runs on
+this machine ({DEFAULT_RUNNER}, offline) with one worker process per CPU core; set
+--direct_num_workers=N --direct_running_mode=multi_processing to use fewer. On
+--runner=DataflowRunner, --project, --region and a gs:// --temp_location are required,
+--input_dir and --output_dir must be gs:// and --setup_file ./setup.py ships this package to
+the workers. See docs/PREPROCESS.md."""
+
+EXAMPLES = """\
+# the demo's sample data, at 128 px, on every local core
+bonify-sample --output_dir demo_output/raw
+bonify-preprocess --input_dir demo_output/raw --output_dir demo_output/tfrecords --image_size 128
+# MURA v1.1 at 320 px (the folder that contains MURA-v1.1/), replacing a previous run
+bonify-preprocess --input_dir /data/mura --output_dir /data/tfrecords/mura-320 --overwrite
+# on Google Cloud Dataflow
+bonify-preprocess --input_dir gs://my-bucket/mura --output_dir gs://my-bucket/tfrecords/mura-320 \\
+    --runner=DataflowRunner --project=my-project --region=us-central1 \\
+    --temp_location=gs://my-bucket/tmp --setup_file=./setup.py"""
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The job's own flags; anything else is passed to Beam as a pipeline option."""
-    parser = _OneLineParser(
-        prog=PROGRAM,
-        description=(
-            "Turn a MURA v1.1 tree (4 CSVs + PNGs, local or gs://) into resized, sharded, "
-            "patient-disjoint TFRecords with manifest.json, rejected.jsonl and TFDS metadata. "
-            "Flags not listed here are Apache Beam pipeline options (e.g. --runner, "
-            "--direct_num_workers, --project, --region, --temp_location, --setup_file). "
-            f"Without --runner the job runs locally on Beam's {DEFAULT_RUNNER} (offline; "
-            "add --direct_num_workers=2 --direct_running_mode=multi_processing for more cores). "
-            "On --runner=DataflowRunner, --project, --region and a gs:// --temp_location are "
-            "required, --input_dir/--output_dir must be gs:// and --setup_file ./setup.py ships "
-            "this package to the workers. See docs/PREPROCESS.md."
-        ),
-        allow_abbrev=False,
-    )
+    parser = OneLineArgumentParser(prog=PROGRAM, description=DESCRIPTION, examples=EXAMPLES)
     parser.add_argument(
         "--input_dir", required=True, help="folder containing MURA-v1.1/, or MURA-v1.1/ itself"
     )
@@ -134,6 +145,16 @@ def validate_config(config: PreprocessConfig) -> None:
         raise PreprocessError("--output_dir is empty")
 
 
+def check_local_paths(config: PreprocessConfig) -> None:
+    """PreprocessError for a local --input_dir that does not exist or a local --output_dir
+    that is a file: plain os checks, so the answer comes before Beam and TensorFlow load.
+    (gs:// paths are checked by the job itself.)"""
+    if "://" not in config.input_dir and not os.path.exists(config.input_dir):
+        raise PreprocessError(f"--input_dir {config.input_dir} does not exist")
+    if "://" not in config.output_dir and os.path.isfile(config.output_dir):
+        raise PreprocessError(f"--output_dir {config.output_dir} is a file, not a folder")
+
+
 def _beam_option_parser():
     """An argparse parser knowing every Beam pipeline option (as Beam builds it itself)."""
     from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
@@ -151,9 +172,45 @@ def _beam_option_parser():
     return parser
 
 
+def _flag_value(args: Sequence[str], flag: str) -> str | None:
+    """The value of `flag` in args (`--flag=value` or `--flag value`), last one wins."""
+    value = None
+    for position, arg in enumerate(args):
+        if arg.startswith(flag + "="):
+            value = arg.split("=", 1)[1]
+        elif arg == flag and position + 1 < len(args):
+            value = args[position + 1]
+    return value
+
+
+def resolve_runner_args(beam_args: Sequence[str], cpu_count: int | None) -> list[str]:
+    """The Beam flags the job runs with: the user's, plus the local defaults.
+
+    Without --runner the job runs on DEFAULT_RUNNER. On a local runner (FnApiRunner,
+    DirectRunner) given neither --direct_num_workers nor --direct_running_mode, it runs one
+    worker process per core (`cpu_count`): Beam's own default is one in-process worker,
+    which leaves every other core idle. A machine with one core keeps Beam's in-process
+    worker (a worker process would only add its start-up). Flags the user gave are kept
+    as they are; other runners (Dataflow, Portable, Flink, ...) are left untouched.
+    """
+    args = list(beam_args)
+    runner = _flag_value(args, "--runner")
+    if runner is None:
+        args.append(f"--runner={DEFAULT_RUNNER}")
+        runner = DEFAULT_RUNNER
+    if runner.rsplit(".", 1)[-1].lower() not in LOCAL_RUNNERS:
+        return args
+    if any(_flag_value(args, flag) is not None for flag in LOCAL_WORKER_FLAGS):
+        return args
+    if cpu_count is None or cpu_count <= 1:
+        return args
+    return [*args, f"--direct_num_workers={cpu_count}", "--direct_running_mode=multi_processing"]
+
+
 def beam_options(beam_args: Sequence[str]):
-    """PipelineOptions for the pass-through flags; unknown flags are an error (a typo in
-    one of this job's flags would otherwise be silently dropped by Beam)."""
+    """PipelineOptions for the pass-through flags (with `resolve_runner_args`' defaults);
+    unknown flags are an error (a typo in one of this job's flags would otherwise be
+    silently dropped by Beam)."""
     from apache_beam.options.pipeline_options import PipelineOptions
 
     _, unknown = _beam_option_parser().parse_known_args(list(beam_args))
@@ -161,10 +218,7 @@ def beam_options(beam_args: Sequence[str]):
         raise PreprocessError(
             f"unknown flag {unknown[0]}: neither a {PROGRAM} flag nor an Apache Beam pipeline option (see --help)"
         )
-    args = list(beam_args)
-    if not any(arg == "--runner" or arg.startswith("--runner=") for arg in args):
-        args.append(f"--runner={DEFAULT_RUNNER}")
-    return PipelineOptions(args)
+    return PipelineOptions(resolve_runner_args(beam_args, os.cpu_count()))
 
 
 def runner_name(options) -> str:
@@ -175,9 +229,19 @@ def runner_name(options) -> str:
     return runner if isinstance(runner, str) else type(runner).__name__
 
 
-def is_dataflow(options) -> bool:
-    """True when the job is to run on Google Cloud Dataflow."""
-    return runner_name(options).rsplit(".", 1)[-1].lower() in _DATAFLOW_RUNNER_NAMES
+def describe_runner(options) -> str:
+    """The runner and, for a local one, its workers: e.g. "FnApiRunner (2 worker processes)"."""
+    from apache_beam.options.pipeline_options import DirectOptions
+
+    runner = runner_name(options)
+    if runner.rsplit(".", 1)[-1].lower() not in LOCAL_RUNNERS:
+        return runner
+    direct = options.view_as(DirectOptions)
+    if direct.direct_running_mode == "multi_processing":
+        return f"{runner} ({direct.direct_num_workers} worker processes)"
+    if direct.direct_running_mode == "multi_threading":
+        return f"{runner} ({direct.direct_num_workers} worker threads)"
+    return f"{runner} (1 in-process worker)"
 
 
 def validate_dataflow(config: PreprocessConfig, options) -> None:

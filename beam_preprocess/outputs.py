@@ -1,8 +1,9 @@
 """The files the job owns in --output_dir: finding them, refusing to mix runs, removing them.
 
 Only these names are ever deleted (by --overwrite): the shards of the three splits,
-manifest.json, rejected.jsonl, the TFDS metadata files, the job's temporary stats file
-and Beam's temporary folders for those two text outputs. Anything else in OUT is left alone.
+manifest.json, rejected.jsonl, data_report.html, the TFDS metadata files, the job's
+temporary stats file and progress markers, and Beam's temporary folders for the two text
+outputs. Anything else in OUT is left alone.
 """
 
 from __future__ import annotations
@@ -10,7 +11,9 @@ from __future__ import annotations
 from apache_beam.io.filesystems import FileSystems
 
 from beam_preprocess.errors import PreprocessError
+from beam_preprocess.progress import PROGRESS_DIR
 from beam_preprocess.records import TFDS_METADATA_FILES
+from beam_preprocess.report import DATA_REPORT_FILE
 from bonify.vocabulary import MANIFEST_FILE, REJECTED_FILE, SPLITS, shard_pattern
 
 #: Totals written by the pipeline, turned into manifest.json by the launcher, then deleted.
@@ -36,13 +39,29 @@ def existing_shards(output_dir: str) -> list[str]:
 
 def owned_files(output_dir: str) -> list[str]:
     """Every file of a previous run of this job in output_dir (manifest.json first)."""
-    named = [MANIFEST_FILE, REJECTED_FILE, STATS_FILE, *TFDS_METADATA_FILES]
+    named = [MANIFEST_FILE, DATA_REPORT_FILE, REJECTED_FILE, STATS_FILE, *TFDS_METADATA_FILES]
     found = [join(output_dir, name) for name in named if FileSystems.exists(join(output_dir, name))]
     found.extend(existing_shards(output_dir))
     for name in (REJECTED_FILE, STATS_FILE):
         # Beam's WriteToText stages into beam-temp-<name>-<uuid>/ and removes it at the end.
         found.extend(_matches(join(output_dir, f"beam-temp-{name}-*")))
+    found.extend(progress_markers(output_dir))
     return found
+
+
+def progress_markers(output_dir: str) -> list[str]:
+    """The per-shard progress markers of a run (see progress.py)."""
+    return _matches(join(join(output_dir, PROGRESS_DIR), "*"))
+
+
+def remove_progress_markers(output_dir: str) -> None:
+    """Delete the progress markers and, on a local disk, their folder."""
+    markers = progress_markers(output_dir)
+    if markers:
+        FileSystems.delete(markers)
+    folder = join(output_dir, PROGRESS_DIR)
+    if FileSystems.exists(folder):  # a local folder (gs:// has none once its files are gone)
+        FileSystems.delete([folder])
 
 
 def check_output_dir(output_dir: str, overwrite: bool) -> list[str]:
@@ -68,4 +87,5 @@ def remove_owned_files(output_dir: str) -> int:
     found = owned_files(output_dir)
     if found:
         FileSystems.delete(found)
+    remove_progress_markers(output_dir)
     return len(found)

@@ -17,12 +17,17 @@ by a hash of the path, so every runner writes byte-identical shards and the exac
 lengths TFDS needs come out of the pipeline without re-reading the files.
 
 Reruns: a shard is written under its final name by one DoFn call; a retried bundle
-rewrites the same file with the same records. manifest.json is written last: its absence
-marks an incomplete run.
+rewrites the same file with the same records. manifest.json is written last of the data
+files: its absence marks an incomplete run (data_report.html, drawn from the manifest and a
+few records, follows it).
+
+Progress: each shard call also leaves a small marker file; the launcher polls them and
+prints one line per split (progress.py), on every runner.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -34,7 +39,7 @@ from apache_beam.io.filesystem import BeamIOError, CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from beam_preprocess import manifest as manifest_lib
-from beam_preprocess import outputs, records, shards, split, transform
+from beam_preprocess import outputs, progress, records, shards, split, transform
 from beam_preprocess.errors import PreprocessError
 from beam_preprocess.index import (
     KIND_IMAGE,
@@ -46,11 +51,12 @@ from beam_preprocess.index import (
 from beam_preprocess.options import (
     PreprocessConfig,
     beam_options,
-    is_dataflow,
+    describe_runner,
     runner_name,
     validate_dataflow,
 )
-from bonify.dataflow import is_dry_run
+from beam_preprocess.report import DATA_REPORT_FILE, build_data_report
+from bonify.dataflow import is_dataflow, is_dry_run
 from bonify.vocabulary import (
     CLASS_NAMES,
     MANIFEST_FILE,
@@ -190,6 +196,7 @@ class WriteShardFn(beam.DoFn):
         self._resize = config.resize
         self._encoding = config.encoding
         self._shards_per_split = dict(shards_per_split)
+        self._progress_dir = outputs.join(output_dir, progress.PROGRESS_DIR)
         self._images = beam.metrics.Metrics.counter("bonify", "images_written")
         self._rejected = beam.metrics.Metrics.counter("bonify", "images_rejected")
 
@@ -217,8 +224,9 @@ class WriteShardFn(beam.DoFn):
         class_counts: Counter = Counter()
         region_counts: Counter = Counter()
         patients: set[str] = set()
-        studies: set[str] = set()
-        written = num_bytes = 0
+        studies: Counter = Counter()
+        original_sizes: list[tuple[int, int]] = []
+        written = rejected_count = num_bytes = 0
         with self._open_writer(outputs.join(self._output_dir, file_name)) as writer:
             for entry in shards.order_in_shard(entries):
                 try:
@@ -227,6 +235,7 @@ class WriteShardFn(beam.DoFn):
                     )
                 except transform.ImageRejected as rejected:
                     self._rejected.inc()
+                    rejected_count += 1
                     yield beam.pvalue.TaggedOutput(
                         REJECTED_TAG,
                         Rejection(
@@ -243,10 +252,14 @@ class WriteShardFn(beam.DoFn):
                 class_counts[CLASS_NAMES[entry.label]] += 1
                 region_counts[entry.region] += 1
                 patients.add(entry.patient_id)
-                studies.add(entry.study_id)
+                studies[entry.study_id] += 1
+                original_sizes.append((image.original_height, image.original_width))
                 self._images.inc()
-        # One line per shard: progress in the local console, in the worker logs on Dataflow.
-        print(f"[bonify-preprocess] wrote {file_name}: {written} images", flush=True)
+        # The launcher reports progress per split from these markers (see progress.py).
+        marker = progress.shard_marker(split_name, written, rejected_count, time.time())
+        marker_path = outputs.join(self._progress_dir, progress.marker_name(file_name))
+        with FileSystems.create(marker_path) as handle:
+            handle.write(json.dumps(marker).encode())
         yield manifest_lib.shard_event(
             split_name,
             shard_index,
@@ -256,6 +269,7 @@ class WriteShardFn(beam.DoFn):
             region_counts,
             patients,
             studies,
+            original_sizes,
         )
 
 
@@ -340,6 +354,22 @@ def _progress(message: str) -> None:
     print(f"[bonify-preprocess {time.monotonic() - _STARTED:6.1f} s] {message}", flush=True)
 
 
+def _marker_reader(progress_dir: str):
+    """A function returning every progress marker written so far (name -> content)."""
+    seen: dict[str, dict] = {}
+
+    def read() -> dict[str, dict]:
+        for meta in FileSystems.match([outputs.join(progress_dir, "*.json")])[0].metadata_list:
+            name = meta.path.rsplit("/", 1)[-1]
+            if name not in seen:
+                # A marker still being written is read again at the next look.
+                with contextlib.suppress(ValueError, OSError, BeamIOError):
+                    seen[name] = json.loads(read_bytes(meta.path))
+        return dict(seen)
+
+    return read
+
+
 def run_preprocess(config: PreprocessConfig, beam_args: list[str]) -> dict | None:
     """Run the whole job; returns the manifest (None for a Dataflow --dry_run).
 
@@ -402,11 +432,19 @@ def run_preprocess(config: PreprocessConfig, beam_args: list[str]) -> dict | Non
     if not FileSystems.exists(output_dir):
         FileSystems.mkdirs(output_dir)
 
-    _progress(f"running the Beam pipeline on {runner}")
+    _progress(f"running the Beam pipeline on {describe_runner(options)}")
+    split_progress = progress.SplitProgress(shards_per_split, counts, time.time())
+    finish_progress = progress.watch_progress(
+        _marker_reader(outputs.join(output_dir, progress.PROGRESS_DIR)), split_progress, _progress
+    )
     pipeline = beam.Pipeline(options=options)
     build_pipeline(pipeline, mura_dir, config, shards_per_split)
-    result = pipeline.run()
-    state = result.wait_until_finish()
+    try:
+        result = pipeline.run()
+        state = result.wait_until_finish()
+    finally:
+        finish_progress()
+    outputs.remove_progress_markers(output_dir)
     if str(state).upper().rsplit(".", 1)[-1] not in ("DONE", "NONE"):
         raise PreprocessError(
             f"the Beam job ended in state {state}; rerun the same command with --overwrite"
@@ -453,4 +491,31 @@ def run_preprocess(config: PreprocessConfig, beam_args: list[str]) -> dict | Non
         handle.write(json.dumps(manifest, indent=2).encode())
     FileSystems.delete([stats_path])
     _progress("done\n" + manifest_lib.format_summary(manifest) + f"\noutput: {output_dir}")
+    _write_data_report(output_dir, manifest)
     return manifest
+
+
+def _write_data_report(output_dir: str, manifest: dict) -> None:
+    """data_report.html beside the shards. The data is complete once manifest.json is
+    written, so a report that cannot be built (e.g. TensorFlow cannot read this gs://
+    location) is one warning line with the command that rebuilds it, not a failed job."""
+    import tensorflow as tf  # the report decodes its sample images with TensorFlow ops
+
+    from bonify.cli import BonifyError
+    from bonify.dataset import manifest_from_json
+
+    path = outputs.join(output_dir, DATA_REPORT_FILE)
+    try:
+        page = build_data_report(
+            output_dir, manifest_from_json(manifest, outputs.join(output_dir, MANIFEST_FILE))
+        )
+    except (BonifyError, OSError, tf.errors.OpError) as error:
+        _progress(
+            f"warning: data report not written ({type(error).__name__}: "
+            f"{str(error).strip().splitlines()[0] if str(error).strip() else ''}); "
+            f"python -m beam_preprocess.inspect --output_dir {output_dir} --report writes it"
+        )
+        return
+    with FileSystems.create(path) as handle:
+        handle.write(page.encode("utf-8"))
+    _progress(f"data report: {path}")

@@ -10,15 +10,16 @@ from collections.abc import Iterable
 from beam_preprocess.index import ImageEntry
 from bonify.vocabulary import SPLITS, shard_prefix
 
-#: Never fewer shards per split than this (unless the split has fewer images): readers
-#: shard files across workers × input pipelines (PLATFORM_FACTS: at least workers × 8-16).
+#: Never fewer shards per split than this (unless the split has fewer images): tf.data
+#: auto-sharding gives each worker × input pipeline whole files, and reading in parallel
+#: wants several files per reader (at least workers × 8-16 files in all).
 MIN_SHARDS_PER_SPLIT = 16
 
 #: Default target size of one shard when neither --num_shards nor --target_shard_mb is given.
 DEFAULT_TARGET_SHARD_MB = 100.0
 
 #: Encoded bytes per pixel of a 1-channel image, measured on X-ray-like 320x320 images
-#: (PLATFORM_FACTS: PNG ~53 KiB, JPEG q95 ~29 KiB, raw 100 KiB), plus the record's other
+#: (PNG ~53 KiB, JPEG q95 ~29 KiB, raw 100 KiB per image), plus the record's other
 #: features (~300 bytes). Only used to pick a shard count.
 BYTES_PER_PIXEL = {"png": 0.53, "jpeg": 0.29, "raw": 1.0}
 RECORD_OVERHEAD_BYTES = 300

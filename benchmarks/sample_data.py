@@ -13,7 +13,7 @@ def sample_and_shards(
     Returns (folder containing MURA-v1.1/, shards folder).
     """
     from beam_preprocess.__main__ import main as preprocess
-    from beam_preprocess.sample import generate_sample
+    from bonify.sample import generate_sample
 
     raw, shards = work / "raw", work / "shards"
     generate_sample(raw, patients=patients, seed=0)

@@ -27,7 +27,7 @@ TEST_IMAGE_SIZE = 64
 @pytest.fixture(scope="session")
 def sample_dataset_dir(tmp_path_factory) -> pathlib.Path:
     """A generated MURA tree; returns the folder that contains MURA-v1.1/."""
-    from beam_preprocess.sample import generate_sample
+    from bonify.sample import generate_sample
 
     out = tmp_path_factory.mktemp("sample")
     generate_sample(out, patients=TEST_SAMPLE_PATIENTS, seed=0)

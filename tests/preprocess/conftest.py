@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import pathlib
+import re
 import shutil
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from bonify.vocabulary import RECORD_FEATURE_TYPES, SPLITS, shard_pattern
 
@@ -76,3 +81,33 @@ def copied_dataset(sample_dataset_dir, tmp_path) -> pathlib.Path:
 
 #: The repository root: subprocesses run from here (the project is not necessarily installed).
 REPO_ROOT_FOR_SUBPROCESS = pathlib.Path(__file__).resolve().parents[2]
+
+
+# --- reading data_report.html back ------------------------------------------------------
+
+
+def report_split_counts(page: str) -> dict[str, dict[str, int]]:
+    """split -> {"images", "studies", "patients", "num_shards"} from the report's split table."""
+    counts: dict[str, dict[str, int]] = {}
+    for split, row in re.findall(r'<tr data-split="(\w+)">(.*?)</tr>', page, re.S):
+        cells = re.findall(r'data-key="(\w+)">([\d,]+)<', row)
+        counts[split] = {key: int(value.replace(",", "")) for key, value in cells}
+    return counts
+
+
+def report_samples(page: str) -> list[tuple[str, np.ndarray]]:
+    """(class name, pixels) of every sample image embedded in the report."""
+    samples = []
+    for name, data in re.findall(
+        r'<img class="sample" data-class="(\w+)"[^>]*src="data:image/png;base64,([^"]+)"', page
+    ):
+        samples.append((name, np.asarray(Image.open(io.BytesIO(base64.b64decode(data))))))
+    return samples
+
+
+def report_rejects(page: str) -> dict[tuple[str, str], int]:
+    """(kind, reason) -> count from the report's rejects table."""
+    rows = re.findall(
+        r'<tr data-kind="([\w ]+)" data-reason="([^"]+)">.*?<td class="number">([\d,]+)</td>', page
+    )
+    return {(kind, reason): int(count.replace(",", "")) for kind, reason, count in rows}

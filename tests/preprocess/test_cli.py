@@ -3,6 +3,7 @@ are checked before launching, and reruns never mix or destroy outputs."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
@@ -122,11 +123,75 @@ def test_subprocess_error_is_one_line_not_a_traceback(tmp_path):
     assert lines == ["bonify-preprocess: error: --val_fraction must be in [0, 1), got 2.0"]
 
 
-def test_help_names_the_offline_default_runner(capsys):
+HELP_COMMANDS = {
+    "bonify-preprocess": ("beam_preprocess.__main__", "Turn a MURA v1.1 tree"),
+    "bonify-sample": ("bonify.sample", "Write a synthetic MURA v1.1 dataset"),
+    "inspect": ("beam_preprocess.inspect", "Look at what bonify-preprocess wrote"),
+}
+
+
+@pytest.mark.parametrize("command", sorted(HELP_COMMANDS))
+def test_help_says_what_the_command_does_and_ends_with_examples(command, capsys):
+    module_name, first_words = HELP_COMMANDS[command]
+    module = importlib.import_module(module_name)
     with pytest.raises(SystemExit) as exited:
-        run_job(["--help"])
+        module.main(["--help"])
     assert exited.value.code == 0
-    assert "FnApiRunner" in capsys.readouterr().out
+    help_text = capsys.readouterr().out
+    description = help_text.split("\n\n", 1)[1]  # after the usage lines
+    assert description.startswith(first_words)
+    examples = help_text.rsplit("Examples:\n", 1)[1]
+    commands = [line.strip() for line in examples.splitlines() if line.strip()]
+    assert commands and not commands[-1].startswith("#")
+    assert all(line.startswith(("#", "bonify-", "python -m", "--")) for line in commands)
+
+
+def test_preprocess_help_says_a_local_run_uses_every_core(capsys):
+    with pytest.raises(SystemExit):
+        run_job(["--help"])
+    assert "one worker process per CPU core" in " ".join(capsys.readouterr().out.split())
+
+
+def _run_in_fresh_python(code: str) -> subprocess.CompletedProcess:
+    """Run `code` in a new interpreter that then prints which heavy modules it imported."""
+    script = (
+        "import sys\n"
+        f"{code}\n"
+        "print('imported:', [m for m in ('tensorflow', 'apache_beam') if m in sys.modules])\n"
+        "sys.exit(exit_code)\n"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=REPO_ROOT_FOR_SUBPROCESS,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT_FOR_SUBPROCESS)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_missing_input_dir_is_reported_before_beam_or_tensorflow_load(tmp_path):
+    completed = _run_in_fresh_python(
+        "from beam_preprocess.__main__ import main\n"
+        f"exit_code = main(['--input_dir', {str(tmp_path / 'nope')!r}, '--output_dir', {str(tmp_path / 'out')!r}])"
+    )
+    assert completed.returncode == 2
+    assert completed.stderr.splitlines() == [
+        f"bonify-preprocess: error: --input_dir {tmp_path / 'nope'} does not exist"
+    ]
+    assert "imported: []" in completed.stdout
+
+
+def test_inspect_missing_output_dir_is_reported_before_tensorflow_loads(tmp_path):
+    completed = _run_in_fresh_python(
+        "from beam_preprocess.inspect import main\n"
+        f"exit_code = main(['--output_dir', {str(tmp_path / 'nope')!r}])"
+    )
+    assert completed.returncode == 2
+    assert completed.stderr.splitlines() == [
+        f"python -m beam_preprocess.inspect: error: --output_dir {tmp_path / 'nope'} does not exist"
+    ]
+    assert "imported: []" in completed.stdout
 
 
 def _mtimes(directory):

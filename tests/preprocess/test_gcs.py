@@ -70,7 +70,7 @@ def _download(gcs_dir, local_dir):
 
 
 def test_job_reads_and_writes_gcs(emulator, tmp_path):
-    from beam_preprocess.sample import generate_sample
+    from bonify.sample import generate_sample
 
     mura = generate_sample(tmp_path / "local", patients=4, seed=1)
     with (mura / "valid_image_paths.csv").open("a") as csv:
@@ -87,6 +87,10 @@ def test_job_reads_and_writes_gcs(emulator, tmp_path):
         32,
         "--num_shards",
         2,
+        # In-process worker: the credentials shortcut of `emulator` does not reach worker
+        # processes, which would each retry Google's credentials lookup for ~23 s.
+        "--direct_num_workers",
+        1,
     ]
     assert run_job(argv) == 0
 

@@ -79,3 +79,28 @@ def test_manifest_has_the_keys_the_trainer_reads():
     text = format_summary(manifest)
     assert "input_images = written + rejected: 7 = 5 + 2" in text
     assert "rejected missing_file: 2" in text
+
+
+def test_views_per_study_count_a_studys_images_across_shards():
+    summary = summarize_events(
+        [
+            shard_event("train", 0, 2, 1, {}, {}, ["1"], ["A", "B"]),
+            shard_event("train", 1, 2, 1, {}, {}, ["1"], ["A", "A"]),
+        ]
+    )
+    assert summary["splits"]["train"]["views_per_study"] == {"1": 1, "3": 1}
+
+
+def test_original_sizes_are_counted_in_bins():
+    event = shard_event("test", 0, 3, 1, {}, {}, [], [], [(512, 384), (515, 380), (300, 512)])
+    split = summarize_events([event])["splits"]["test"]
+    assert split["original_height_counts"] == {"288": 1, "512": 2}
+    assert split["original_width_counts"] == {"368": 1, "384": 1, "512": 1}
+    assert split["aspect_ratio_counts"] == {"0.70": 1, "0.75": 1, "1.70": 1}
+
+
+def test_summary_points_to_rejected_jsonl_only_when_something_was_rejected():
+    manifest = build_manifest(summarize_events(events()), {"output_dir": "/data/out"}, {})
+    assert "listed in /data/out/rejected.jsonl" in format_summary(manifest)
+    clean = build_manifest(summarize_events([input_event(0, 0)]), {"output_dir": "/d"}, {})
+    assert "rejected.jsonl" not in format_summary(clean)

@@ -3,6 +3,7 @@ written, and input_images == written + rejected. One Beam run on a corrupted cop
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import pathlib
@@ -13,9 +14,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from beam_preprocess.progress import PROGRESS_DIR
+from beam_preprocess.report import DATA_REPORT_FILE
 from bonify.vocabulary import MANIFEST_FILE, REJECTED_FILE
 
-from .conftest import csv_image_rows, read_records, run_job
+from .conftest import csv_image_rows, read_records, report_rejects, run_job
 
 IMAGE_SIZE = 32
 
@@ -121,8 +124,9 @@ def corrupted_run(sample_dataset_dir, tmp_path_factory):
     rows_before = len(csv_image_rows(root / "MURA-v1.1"))
     expected, expected_rows, decodable, extra_rows, duplicate = corrupt(root)
     out = tmp_path_factory.mktemp("corrupted_out")
-    assert (
-        run_job(
+    console = io.StringIO()
+    with contextlib.redirect_stdout(console):
+        code = run_job(
             [
                 "--input_dir",
                 root,
@@ -134,8 +138,7 @@ def corrupted_run(sample_dataset_dir, tmp_path_factory):
                 3,
             ]
         )
-        == 0
-    )
+    assert code == 0
     rejected = [json.loads(line) for line in (out / REJECTED_FILE).read_text().splitlines()]
     manifest = json.loads((out / MANIFEST_FILE).read_text())
     return {
@@ -148,6 +151,7 @@ def corrupted_run(sample_dataset_dir, tmp_path_factory):
         "duplicate": duplicate,
         "rejected": rejected,
         "manifest": manifest,
+        "console": console.getvalue(),
     }
 
 
@@ -191,3 +195,31 @@ def test_16_bit_palette_and_rgba_images_are_written(corrupted_run):
         centre = pixels[:, IMAGE_SIZE // 2].astype(int)
         assert centre[-2] - centre[1] > 100, path
         assert pixels[:, 0].max() == 0
+
+
+def test_the_summary_prints_the_counts_and_points_to_rejected_jsonl(corrupted_run):
+    console, manifest = corrupted_run["console"], corrupted_run["manifest"]
+    assert (
+        f"input_images = written + rejected: {manifest['input_images']} = "
+        f"{manifest['written']} + {manifest['rejected']}"
+    ) in console
+    for reason, count in manifest["rejected_by_reason"].items():
+        assert f"rejected {reason}: {count}" in console
+    assert f"listed in {corrupted_run['out']}/{REJECTED_FILE}" in console
+
+
+def test_progress_is_reported_per_split_not_per_shard(corrupted_run):
+    console, manifest = corrupted_run["console"], corrupted_run["manifest"]
+    for split, entry in manifest["splits"].items():
+        done = [line for line in console.splitlines() if f"] {split}: all " in line]
+        assert len(done) == 1, console
+        assert f"{split}: all 3 shards written: {entry['images']} images" in done[0]
+    assert "mura-train.tfrecord-00000" not in console
+    assert not (corrupted_run["out"] / PROGRESS_DIR).exists()
+
+
+def test_the_data_report_lists_the_rejects_by_reason(corrupted_run):
+    kinds = {"image": "image", "study_row": "label row"}
+    expected = Counter((kinds[r["kind"]], r["reason"]) for r in corrupted_run["rejected"])
+    page = (corrupted_run["out"] / DATA_REPORT_FILE).read_text()
+    assert report_rejects(page) == dict(expected)

@@ -1,5 +1,6 @@
-"""The same job on the other runners: FnApiRunner multi-process and PortableRunner LOOPBACK
-write byte-identical shards to the default run; the Dataflow job builds offline."""
+"""The same job on the other runners: FnApiRunner with one in-process worker and
+PortableRunner LOOPBACK write byte-identical shards to the default run (one worker process
+per core); the Dataflow job builds offline."""
 
 from __future__ import annotations
 
@@ -25,14 +26,10 @@ def _manifest_counts(output_dir):
 @pytest.mark.parametrize(
     "runner_flags",
     [
-        [
-            "--runner=FnApiRunner",
-            "--direct_num_workers=2",
-            "--direct_running_mode=multi_processing",
-        ],
+        ["--runner=FnApiRunner", "--direct_num_workers=1", "--direct_running_mode=in_memory"],
         ["--runner=PortableRunner", "--job_endpoint=embed", "--environment_type=LOOPBACK"],
     ],
-    ids=["fnapi_multi_process", "portable_loopback"],
+    ids=["fnapi_one_in_process_worker", "portable_loopback"],
 )
 def test_runner_writes_the_same_records_as_the_default_run(
     runner_flags, sample_dataset_dir, sample_shards_dir, tmp_path

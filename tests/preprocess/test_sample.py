@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from beam_preprocess import sample
+from bonify import sample
 from bonify import vocabulary as vocab
 
 

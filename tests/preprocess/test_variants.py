@@ -50,7 +50,7 @@ def test_encoding_reads_back_everywhere(encoding, sample_dataset_dir, tmp_path, 
             assert example["image"].numpy().tobytes() == stored
 
     capsys.readouterr()
-    assert inspect_main([str(out), "--n", "2"]) == 0
+    assert inspect_main(["--output_dir", str(out), "--n", "2"]) == 0
     assert f"decoded shape ({IMAGE_SIZE}, {IMAGE_SIZE}, 1)" in capsys.readouterr().out
 
 

@@ -25,7 +25,7 @@ By default (DEFAULT_PATIENTS = 240 patients, 20% of them in `valid/`) it writes 
 in 318 studies, every one of the 14 classes in both folders, in about 15 s on 2 cores.
 
     bonify-sample --output_dir demo_output/raw            # DEFAULT_PATIENTS patients
-    python -m beam_preprocess.sample --output_dir /tmp/mura --patients 40 --seed 1
+    python -m bonify.sample --output_dir /tmp/mura --patients 40 --seed 1
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from bonify import vocabulary as vocab
-from bonify.cli import BonifyError, run_command
+from bonify.cli import BonifyError, OneLineArgumentParser, run_command
 
 #: About 2.45 images per study and 1.3 studies per patient: 780 images (seed 0), 318
 #: studies, about 110 MB, written in 12-17 s on 2 shared cores.
@@ -409,13 +409,26 @@ def summarize(studies: Sequence[PlannedStudy]) -> str:
     return "\n".join(lines)
 
 
+SAMPLE_DESCRIPTION = f"""\
+Write a synthetic MURA v1.1 dataset to OUTPUT_DIR/MURA-v1.1/: the release's folder layout
+and 4 CSVs, with synthetic radiographs in which each of the 14 classes (7 body regions x
+normal/abnormal) is visible, so that a model can learn it. It is the demo's and the tests'
+data, for machines without the real MURA download. The same seed writes the same bytes.
+By default {DEFAULT_PATIENTS} patients: about 780 images in 15 s."""
+
+SAMPLE_EXAMPLES = """\
+# the demo's data (what `make demo` runs)
+bonify-sample --output_dir demo_output/raw
+# a smaller tree with another seed, replacing an earlier one
+bonify-sample --output_dir /tmp/mura --patients 40 --seed 1 --overwrite
+# then turn it into training data
+bonify-preprocess --input_dir /tmp/mura --output_dir /tmp/mura-tfrecords --image_size 128"""
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="bonify-sample",
-        description=(
-            "Write a synthetic MURA v1.1 tree (real layout and CSVs, learnable synthetic "
-            "radiographs) to OUTPUT_DIR/MURA-v1.1/."
-        ),
+    """The generator's arguments (a usage error is one SampleError line)."""
+    parser = OneLineArgumentParser(
+        prog="bonify-sample", description=SAMPLE_DESCRIPTION, examples=SAMPLE_EXAMPLES
     )
     parser.add_argument("--output_dir", required=True, help="local folder to write MURA-v1.1/ into")
     parser.add_argument(
@@ -433,11 +446,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    return run_command("bonify-sample", lambda _: write_sample_command(args))
+    """Run the generator with `argv` (default: sys.argv[1:]); returns the exit code."""
+    return run_command("bonify-sample", lambda argv: write_sample_command(parse_args(argv)), argv)
 
 
 def write_sample_command(args: argparse.Namespace) -> int:
+    """Write the sample `args` describe and print its summary."""
     if args.output_dir.startswith("gs://"):
         raise SampleError(
             "--output_dir must be a local folder; copy the sample to gs:// afterwards"
