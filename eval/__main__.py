@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Sequence
 
 from bonify.cli import run_command
 
-# TensorFlow's INFO lines (oneDNN, CPU features, CUDA stubs) drown the progress output;
-# warnings and errors still show. Set TF_CPP_MIN_LOG_LEVEL=0 to see everything.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
-
 
 def _run(argv: Sequence[str] | None) -> int:
-    from eval.options import parse_args
+    from eval.options import check_local_paths, parse_args
+
+    # Every flag and local path is checked before TensorFlow is imported (answers in < 1 s).
+    config = parse_args(argv)
+    check_local_paths(config)
     from eval.run import evaluate
 
-    evaluate(parse_args(argv))
+    evaluate(config)
     return 0
 
 

@@ -1,36 +1,54 @@
-"""Command-line flags of the evaluator, their validation, and Beam pass-through options."""
+"""Command-line flags of the evaluator, their validation, and Beam pass-through options.
+
+Everything here runs before TensorFlow is imported (about 5 s), so a wrong flag or path
+answers at once: flags, local paths (model, predictions, data folder and its manifest,
+output folder) and the Dataflow options are checked here. gs:// paths are checked when
+they are read.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Sequence
 
+from bonify.cli import BonifyError, OneLineArgumentParser
+from bonify.dataset import read_manifest
 from bonify.vocabulary import SPLITS
+from eval.config import EvalConfig
 from eval.errors import EvalError
-from eval.run import EvalConfig
 
 PROGRAM = "bonify-eval"
 
+DESCRIPTION = """\
+Measure how well a trained MURA model classifies X-rays.
 
-class _OneLineParser(argparse.ArgumentParser):
-    """argparse that raises EvalError (one line, exit 2) instead of printing usage."""
+Runs the model (--model, e.g. JOB/model/final.keras) over one split of the shards that
+bonify-preprocess wrote (--data_dir, --split), or scores a saved predictions CSV of any
+model (--predictions). Writes to --output_dir: metrics.json (accuracy, Cohen's kappa, F1,
+study-level kappa and AUROC per body region, bootstrap confidence intervals), CSV tables,
+PNG figures and one self-contained report.html to open in a browser.
 
-    def error(self, message: str):
-        raise EvalError(f"{message} (see --help)")
+With --runner, inference runs as an Apache Beam RunInference pipeline on that runner
+(FnApiRunner locally, DataflowRunner on Google Cloud); further flags then go to Beam.
+Every path may be local or gs://. Details: docs/EVALUATION.md."""
+
+EXAMPLES = """\
+# evaluate the trainer's model on the test split
+bonify-eval --model JOB/model/final.keras --data_dir DATA --split test --output_dir EVAL
+# score a saved predictions file (bonify's own EVAL/predictions.csv or another model's)
+bonify-eval --predictions EVAL/predictions.csv --output_dir EVAL2
+# the same inference as a Beam RunInference pipeline on this machine (offline)
+bonify-eval --model JOB/model/final.keras --data_dir DATA --output_dir EVAL \\
+    --runner=FnApiRunner --direct_num_workers=2 --direct_running_mode=multi_processing
+# on Google Cloud Dataflow (gs:// paths; --setup_file ships bonify to the workers)
+bonify-eval --model gs://BUCKET/job/model/final.keras --data_dir gs://BUCKET/data \\
+    --output_dir gs://BUCKET/eval --runner=DataflowRunner --project=PROJECT \\
+    --region=REGION --temp_location=gs://BUCKET/tmp --setup_file=./setup.py"""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _OneLineParser(
-        prog=PROGRAM,
-        description=(
-            "Evaluate a MURA model: either run --model over a split of the Beam job's shards "
-            "(--data_dir, --split) or read saved --predictions. Writes metrics.json, CSV tables, "
-            "PNG figures and report.html to --output_dir (local or gs://). With --runner, "
-            "inference runs as an Apache Beam RunInference pipeline on that runner (e.g. "
-            "FnApiRunner, DataflowRunner); other flags then pass to Beam. See docs/EVALUATION.md."
-        ),
-        allow_abbrev=False,
-    )
+    parser = OneLineArgumentParser(prog=PROGRAM, description=DESCRIPTION, examples=EXAMPLES)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", help="a Keras 3 .keras model (e.g. JOB/model/final.keras)")
     source.add_argument("--predictions", help="a predictions CSV to evaluate (any model's)")
@@ -51,20 +69,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     parser.add_argument(
         "--runner",
-        help="run inference as a Beam pipeline on this runner (FnApiRunner runs locally, offline)",
+        help="run inference as a Beam pipeline on this runner: FnApiRunner (local, offline) "
+        "or DataflowRunner; unknown flags must then be Beam pipeline options",
     )
     return parser
 
 
 def parse_args(argv: Sequence[str] | None) -> EvalConfig:
-    """Flags -> a validated EvalConfig; any problem is one EvalError line."""
+    """Flags -> a validated EvalConfig; any problem is one EvalError line. TensorFlow-free."""
     import sys
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
-    args, unknown = parser.parse_known_args(argv)
+    args, unknown = build_parser().parse_known_args(argv)
     if unknown and args.runner is None:
-        raise EvalError(f"unrecognized arguments: {' '.join(unknown)} (see --help)")
+        raise EvalError(f"unrecognized arguments: {' '.join(unknown)} (see {PROGRAM} --help)")
     if args.model is not None and not args.data_dir:
         raise EvalError("--model needs --data_dir (the Beam job's output folder)")
     if args.predictions is not None and args.runner is not None:
@@ -77,6 +95,7 @@ def parse_args(argv: Sequence[str] | None) -> EvalConfig:
     if args.runner is not None:
         beam_args = (f"--runner={args.runner}", *unknown)
         validate_beam_args(beam_args)
+        check_dataflow(beam_args, args.model, args.data_dir, args.output_dir)
     return EvalConfig(
         output_dir=args.output_dir,
         predictions=args.predictions,
@@ -88,6 +107,37 @@ def parse_args(argv: Sequence[str] | None) -> EvalConfig:
         seed=args.seed,
         beam_args=beam_args,
     )
+
+
+def _is_local(path: str) -> bool:
+    return "://" not in path
+
+
+def check_local_paths(config: EvalConfig) -> None:
+    """EvalError naming the flag when a local input is missing (the data folder's whole
+    manifest is checked) or the output folder cannot be made. Remote (gs://) paths are left
+    to the readers, which go through tf.io.gfile. TensorFlow-free."""
+    model, predictions = config.model, config.predictions
+    data_dir, output_dir = config.data_dir, config.output_dir
+    for flag, path in (("--model", model), ("--predictions", predictions)):
+        if path is not None and _is_local(path) and not os.path.isfile(path):
+            what = "is a folder, not a file" if os.path.isdir(path) else "file not found"
+            raise EvalError(f"{flag} {path}: {what}")
+    if data_dir is not None and _is_local(data_dir):
+        read_manifest(data_dir)  # the whole manifest is checked here, still without TensorFlow
+    if not output_dir.strip():
+        raise EvalError("--output_dir is empty")
+    if _is_local(output_dir):
+        if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+            raise EvalError(f"--output_dir {output_dir}: exists and is not a folder")
+        # The nearest existing ancestor decides whether the folder can be created.
+        existing = os.path.abspath(output_dir)
+        while not os.path.exists(existing):
+            existing = os.path.dirname(existing)
+        if not os.path.isdir(existing):
+            raise EvalError(f"--output_dir {output_dir}: {existing} is a file, not a folder")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise EvalError(f"--output_dir {output_dir}: no permission to write in {existing}")
 
 
 def validate_beam_args(beam_args: Sequence[str]) -> None:
@@ -104,5 +154,23 @@ def validate_beam_args(beam_args: Sequence[str]) -> None:
     _, unknown = parser.parse_known_args(list(beam_args))
     if unknown:
         raise EvalError(
-            f"unknown flag {unknown[0]}: neither a {PROGRAM} flag nor a Beam pipeline option (see --help)"
+            f"unknown flag {unknown[0]}: neither a {PROGRAM} flag nor a Beam pipeline option "
+            f"(see {PROGRAM} --help)"
         )
+
+
+def check_dataflow(beam_args: Sequence[str], model: str, data_dir: str, output_dir: str) -> None:
+    """On Dataflow (any spelling of the runner Beam accepts): the shared Dataflow checks
+    (project, region, gs:// temp_location, gs:// paths), as an EvalError."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from bonify.dataflow import check_dataflow_options, is_dataflow
+
+    options = PipelineOptions(list(beam_args))
+    if not is_dataflow(options):
+        return
+    paths = {"--model": model, "--data_dir": data_dir, "--output_dir": output_dir}
+    try:
+        check_dataflow_options(options, paths)
+    except BonifyError as error:
+        raise EvalError(str(error)) from None

@@ -4,8 +4,6 @@ so a failing run never leaves a half-replaced output folder."""
 
 from __future__ import annotations
 
-import dataclasses
-import datetime
 import io
 import json
 import os
@@ -13,6 +11,7 @@ import os
 import pandas as pd
 
 from bonify.vocabulary import CLASS_NAMES, REGIONS
+from eval.config import EvalConfig
 from eval.errors import EvalError
 from eval.metrics import row_normalized
 from eval.predictions import Predictions, predictions_csv_text, read_predictions
@@ -29,22 +28,6 @@ TABLE_FILES = (
     "metrics.json",
     "report.html",
 )
-
-
-@dataclasses.dataclass(frozen=True)
-class EvalConfig:
-    """What to evaluate and where to write. Exactly one of `predictions` and `model` is set."""
-
-    output_dir: str
-    predictions: str | None = None  # a predictions CSV (local or gs://)
-    model: str | None = None  # a .keras model (the trainer's JOB/model/final.keras)
-    data_dir: str | None = None  # the Beam job's output folder (with --model)
-    split: str = "test"
-    batch_size: int = 64
-    bootstrap_resamples: int = 1000
-    seed: int = 0
-    beam_args: tuple[str, ...] | None = None  # set: run inference as a Beam pipeline
-    verbose: int = 1
 
 
 def _csv(table: pd.DataFrame, index: bool = False) -> str:
@@ -117,6 +100,7 @@ def evaluate(config: EvalConfig) -> dict:
 
     from eval.figures import make_figures
     from eval.metrics import compute_metrics
+    from eval.provenance import describe_source
     from eval.report import render_report, summary_text
 
     _check_output_dir(config.output_dir)
@@ -126,18 +110,13 @@ def evaluate(config: EvalConfig) -> dict:
         return {}
     predictions = predictions.sorted_by_path()
     metrics, tables = compute_metrics(predictions, config.bootstrap_resamples, config.seed)
-    source = config.predictions or f"{config.model} on {config.data_dir} split {config.split}"
-    metrics["source"] = {
-        "predictions": config.predictions,
-        "model": config.model,
-        "data_dir": config.data_dir,
-        "split": None if config.predictions else config.split,
-        "inference": None if config.predictions else ("beam" if config.beam_args else "in-process"),
-        "created_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-    }
+    metrics["source"] = describe_source(
+        config.predictions, config.model, config.data_dir, config.split,
+        inference="beam" if config.beam_args else "in-process",
+    )  # fmt: skip
     figures = make_figures(predictions, metrics, tables)
     files = output_files(predictions, metrics, tables)
-    files["report.html"] = render_report(metrics, figures, "bonify evaluation", source)
+    files["report.html"] = render_report(metrics, figures)
 
     tf.io.gfile.makedirs(config.output_dir)
     for name, text in files.items():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pathlib
 
 import numpy as np
@@ -97,12 +98,35 @@ def synthetic_rows_factory():
     return synthetic_rows
 
 
+def in_ci(env) -> bool:
+    """True when the environment says it is a CI run (CI=true, as GitHub Actions and most
+    CI services set it; also 1 or yes)."""
+    return env.get("CI", "").strip().lower() in ("true", "1", "yes")
+
+
+def reference_dir_or_skip(path: pathlib.Path, env) -> pathlib.Path:
+    """`path` when it is a folder; otherwise skip the calling test on a developer's machine
+    and fail it in CI, naming the folder, so CI never passes without the reproduction check."""
+    if path.is_dir():
+        return path
+    message = (
+        f"the reference model's published predictions are absent: no folder {path} "
+        "(the reproduction tests read them from there, in the workspace beside the project)"
+    )
+    if in_ci(env):
+        pytest.fail(f"{message}; CI must run these tests", pytrace=False)
+    pytest.skip(message)
+
+
+@pytest.fixture
+def reference_dir_or_skip_function():
+    """`reference_dir_or_skip` as a fixture (test modules cannot import conftest)."""
+    return reference_dir_or_skip
+
+
 @pytest.fixture(scope="session")
 def seed_predictions_dir() -> pathlib.Path:
-    """../shared/reference/seed_predictions/ (the reference project's data, never copied here)."""
-    if not SEED_PREDICTIONS_DIR.is_dir():
-        pytest.skip(
-            f"{SEED_PREDICTIONS_DIR} is absent (the reference predictions live outside the "
-            "project, in ../shared/; CI has them)"
-        )
-    return SEED_PREDICTIONS_DIR
+    """The reference model's published test-split predictions (test_predictions.csv,
+    test_probs.npy), read in place from the workspace and never copied into the project.
+    Skipped when absent, except in CI (CI=true), where their absence fails the test."""
+    return reference_dir_or_skip(SEED_PREDICTIONS_DIR, os.environ)

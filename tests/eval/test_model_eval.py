@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 import shutil
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from bonify.vocabulary import MANIFEST_FILE, RecordKeys, shard_pattern, tf_feature_spec
+from bonify.vocabulary import MANIFEST_FILE, SPLITS, RecordKeys, shard_pattern, tf_feature_spec
 from eval.__main__ import main
 from eval.figures import FIGURES
 from eval.run import TABLE_FILES
@@ -75,6 +77,32 @@ def test_predictions_are_the_models_on_every_test_image(evaluated, model_path, s
     assert metrics["source"]["inference"] == "in-process"
 
 
+def test_report_header_names_the_model_and_manifest_with_their_sha256(
+    evaluated, model_path, sample_shards_dir
+):
+    import bonify
+
+    text = (evaluated / "report.html").read_text(encoding="utf-8")
+    cells = dict(re.findall(r"<td id='([\w-]+)'>([^<]*)</td>", text))
+    manifest_path = sample_shards_dir / MANIFEST_FILE
+    manifest = json.loads(manifest_path.read_text())
+    assert cells["bonify-version"] == bonify.__version__
+    assert cells["model"] == str(model_path)
+    assert cells["model-sha256"] == hashlib.sha256(model_path.read_bytes()).hexdigest()
+    assert cells["split"] == "test (in-process inference)"
+    assert cells["manifest"] == str(manifest_path)
+    assert cells["manifest-sha256"] == hashlib.sha256(manifest_path.read_bytes()).hexdigest()
+    assert cells["image-settings"] == (
+        f"{manifest['image_size']} px square, resize {manifest['resize']}, "
+        f"encoding {manifest['encoding']}"
+    )
+    split_images = {split: manifest["splits"][split]["images"] for split in SPLITS}
+    assert cells["split-images"] == ", ".join(f"{s} {n:,}" for s, n in split_images.items())
+    source = json.loads((evaluated / "metrics.json").read_text())["source"]
+    assert source["model_sha256"] == cells["model-sha256"]
+    assert source["manifest"]["split_images"] == split_images
+
+
 def test_tensorboard_has_scalars_and_figures(evaluated):
     import tensorflow as tf
     from tensorboard.backend.event_processing.event_accumulator import (
@@ -121,8 +149,8 @@ def test_empty_split_is_a_clear_error(model_path, sample_shards_dir, tmp_path, c
     ]
     assert main(argv) == 2
     assert "has no images" in capsys.readouterr().err
-    # Shards present but holding no records (and a manifest without counts).
-    del manifest["splits"]["test"]
+    # Shards present but holding no records (and a manifest that counts images anyway).
+    manifest["splits"]["test"]["images"] = 5
     (data_dir / MANIFEST_FILE).write_text(json.dumps(manifest))
     (data_dir / "mura-test.tfrecord-00000-of-00001").write_bytes(b"")
     assert main(argv) == 2

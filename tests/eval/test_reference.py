@@ -1,4 +1,8 @@
-"""The evaluator reproduces the reference model's published numbers from its predictions."""
+"""The evaluator reproduces the reference model's published numbers from its predictions.
+
+The predictions are read in place from the workspace folder `SEED_PREDICTIONS_DIR` names
+(tests/eval/conftest.py). Without it the tests skip on a developer's machine and fail in CI.
+"""
 
 from __future__ import annotations
 
@@ -53,7 +57,7 @@ def test_region_accuracies_match_the_reference_table(reference_metrics):
         assert round(reference_metrics["per_region"][region]["accuracy"], 3) == accuracy, region
 
 
-def test_study_level_numbers_match_mura_format(reference_metrics):
+def test_study_level_numbers_match_the_reference(reference_metrics):
     study = reference_metrics["study_level"]
     assert study["n_studies"] == 1199
     assert round(study["kappa"], 4) == 0.6474
@@ -69,3 +73,24 @@ def test_bootstrap_interval_brackets_the_point_estimate(reference_metrics):
                         ("cohen_kappa", reference_metrics["cohen_kappa"]),
                         ("study_kappa", reference_metrics["study_level"]["kappa"])):  # fmt: skip
         assert bootstrap[name]["low"] < point < bootstrap[name]["high"], name
+
+
+def test_present_reference_folder_is_used(reference_dir_or_skip_function, tmp_path):
+    assert reference_dir_or_skip_function(tmp_path, {"CI": "true"}) == tmp_path
+
+
+def test_absent_reference_folder_skips_outside_ci(reference_dir_or_skip_function, tmp_path):
+    absent = tmp_path / "seed_predictions"
+    for env in ({}, {"CI": ""}, {"CI": "false"}):
+        with pytest.raises(pytest.skip.Exception, match="seed_predictions"):
+            reference_dir_or_skip_function(absent, env)
+
+
+@pytest.mark.parametrize("ci", ["true", "TRUE", "1", "yes"])
+def test_absent_reference_folder_fails_in_ci_naming_it(
+    reference_dir_or_skip_function, tmp_path, ci
+):
+    absent = tmp_path / "seed_predictions"
+    with pytest.raises(pytest.fail.Exception) as failure:
+        reference_dir_or_skip_function(absent, {"CI": ci})
+    assert f"no folder {absent}" in str(failure.value)

@@ -1,0 +1,27 @@
+"""What one evaluation run does: the validated flags, as a plain dataclass.
+
+Its own module, free of pandas, scikit-learn and TensorFlow, so the command line can build
+and check it in a fraction of a second before anything heavy is imported.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """What to evaluate and where to write. Exactly one of `predictions` and `model` is set."""
+
+    output_dir: str
+    predictions: str | None = None  # a predictions CSV (local or gs://)
+    model: str | None = None  # a .keras model (the trainer's JOB/model/final.keras)
+    data_dir: str | None = None  # the Beam job's output folder (with --model)
+    split: str = "test"
+    batch_size: int = 64
+    bootstrap_resamples: int = 1000
+    seed: int = 0
+    beam_args: tuple[str, ...] | None = None  # set: run inference as a Beam pipeline
+    # Progress: 1 a live bar on a terminal, 2 one line at the end (logs, pods, CI), 0 none.
+    verbose: int = dataclasses.field(default_factory=lambda: 1 if sys.stdout.isatty() else 2)
