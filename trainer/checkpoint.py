@@ -4,21 +4,21 @@ Layout: JOB/checkpoints/ (tf.train.CheckpointManager: model, optimizer, and the 
 state as a JSON string variable), JOB/best/phase<N>/epoch<E> (best weights of a phase, model only),
 JOB/training_state.json and JOB/history.json (human-readable, rewritten atomically).
 
-Multi-worker (PLATFORM_FACTS): every worker restores from the chief's directory; every
-worker also saves (so collectives match), non-chiefs into a temp dir deleted right after.
+Multi-worker: every worker restores from the chief's directory; every worker also saves,
+since a save runs collectives that all workers must join, non-chiefs into a temp dir
+deleted right after.
 Optimizer restore is positional: read the state first (`read_latest_state`), build that
 phase's optimizer on its variables, then `restore`.
 """
 
 from __future__ import annotations
 
-import json
-
 import tensorflow as tf
+
+from trainer.phases import RunState
 
 CHECKPOINT_DIR = "checkpoints"
 BEST_DIR = "best"
-STATE_FILE = "training_state.json"
 HISTORY_FILE = "history.json"
 _STATE_KEY = "state/.ATTRIBUTES/VARIABLE_VALUE"
 
@@ -36,12 +36,11 @@ def write_text_atomically(path: str, text: str) -> None:
     tf.io.gfile.rename(temp, path, overwrite=True)
 
 
-def read_json(path: str) -> dict | None:
-    """A JSON file's content, or None when it does not exist."""
-    if not tf.io.gfile.exists(path):
-        return None
-    with tf.io.gfile.GFile(path) as handle:
-        return json.load(handle)
+def copy_atomically(source: str, destination: str) -> None:
+    """Copy a file to a temp file beside `destination`, then rename over it (a kill leaves
+    the old file or none, never half a file); local paths and gs://."""
+    tf.io.gfile.copy(source, destination + ".tmp", overwrite=True)
+    tf.io.gfile.rename(destination + ".tmp", destination, overwrite=True)
 
 
 def latest_checkpoint(job_dir: str) -> str | None:
@@ -49,13 +48,13 @@ def latest_checkpoint(job_dir: str) -> str | None:
     return tf.train.latest_checkpoint(join(job_dir, CHECKPOINT_DIR))
 
 
-def read_latest_state(job_dir: str) -> tuple[str | None, dict | None]:
+def read_latest_state(job_dir: str) -> tuple[str | None, RunState | None]:
     """(latest checkpoint path, the training state saved in it), or (None, None)."""
     latest = latest_checkpoint(job_dir)
     if latest is None:
         return None, None
     raw = tf.train.load_variable(latest, _STATE_KEY)
-    return latest, json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+    return latest, RunState.from_json(raw.decode() if isinstance(raw, bytes) else raw)
 
 
 def _worker_temp_dir(job_dir: str, worker: int) -> str:
@@ -84,15 +83,15 @@ class JobCheckpoint:
         directory = join(job_dir, CHECKPOINT_DIR) if chief else _worker_temp_dir(job_dir, worker)
         self.manager = tf.train.CheckpointManager(self.checkpoint, directory, max_to_keep=keep)
 
-    def save(self, state: dict) -> None:
+    def save(self, state: RunState) -> None:
         """Save model, optimizer and state (non-chiefs save to a temp dir, then delete it).
 
-        Increments state["saves"]: checkpoint numbers keep growing across phases (each
-        phase has a new tf.train.Checkpoint whose own save counter would restart at 1).
+        Increments state.saves: checkpoint numbers keep growing across phases (each phase
+        has a new tf.train.Checkpoint whose own save counter would restart at 1).
         """
-        state["saves"] = state.get("saves", 0) + 1
-        self.state.assign(json.dumps(state))
-        self.manager.save(checkpoint_number=state["saves"])
+        state.saves += 1
+        self.state.assign(state.to_json())
+        self.manager.save(checkpoint_number=state.saves)
         if not self.chief:
             tf.io.gfile.rmtree(_worker_temp_dir(self.job_dir, self.worker))
 

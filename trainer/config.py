@@ -1,6 +1,6 @@
 """The trainer's configuration: built-in defaults -> `--config` YAML -> `--set` overrides.
 
-A config is a plain nested dict. `DEFAULTS` is the reference recipe (MURA_FORMAT.md):
+A config is a plain nested dict. `DEFAULTS` is the reference recipe (the BONIFY notebook):
 DenseNet169 at 320 px, batch 32, focal loss, balanced class weights, three phases.
 Every key a user can set appears in `DEFAULTS`; anything else is an error naming the key.
 Phases are data: a list of dicts, each validated against `PHASE_DEFAULTS`.
@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from bonify.dataset import is_url
 from trainer.errors import TrainerError
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
@@ -91,7 +92,9 @@ DEFAULTS: dict[str, Any] = {
         "max_checkpoints": 2,
         "max_nonfinite_retries": 3,
         "log_every_steps": 20,  # TensorBoard train scalars
-        "verbose": 1,  # 0 silent, 1 progress bar, 2 one line per epoch (pod logs)
+        # auto: a progress bar on a terminal, one line per epoch otherwise (pods, CI, > log);
+        # 0 no per-epoch output, 1 progress bar, 2 one line per epoch.
+        "verbose": "auto",
         "tensorboard_images": 8,  # input images logged once per phase
     },
     "distribute": {
@@ -129,11 +132,27 @@ def _load_yaml(text_or_stream: Any) -> Any:
     return yaml.load(text_or_stream, Loader=_ConfigLoader)  # noqa: S506 - a SafeLoader subclass
 
 
+def _exists(path: str) -> bool:
+    if is_url(path):  # gs://...: TensorFlow's file system; local paths need no TF
+        import tensorflow as tf
+
+        return tf.io.gfile.exists(path)
+    return os.path.exists(path)
+
+
+def _read_text(path: str) -> str:
+    if is_url(path):  # gs://...: TensorFlow's file system; local paths need no TF
+        import tensorflow as tf
+
+        with tf.io.gfile.GFile(path) as handle:
+            return handle.read()
+    with open(path, encoding="utf-8") as handle:
+        return handle.read()
+
+
 def resolve_config_path(config: str) -> str:
     """A path, or the bare name of a shipped config (e.g. "sample_cpu")."""
-    import tensorflow as tf
-
-    if tf.io.gfile.exists(config):
+    if _exists(config):
         return config
     shipped = os.path.join(CONFIG_DIR, config if config.endswith(".yaml") else config + ".yaml")
     if os.path.exists(shipped):
@@ -243,10 +262,12 @@ def validate(config: dict) -> dict:
     )
     for key in (
         "global_batch_size", "seed", "checkpoint_every_steps", "max_checkpoints",
-        "steps_per_epoch", "validation_steps", "log_every_steps", "verbose",
+        "steps_per_epoch", "validation_steps", "log_every_steps",
         "max_nonfinite_retries", "tensorboard_images",
     ):  # fmt: skip
         _check(isinstance(training[key], int) and training[key] >= 0, f"training.{key}", "int >= 0")
+    _check(training["verbose"] in ("auto", 0, 1, 2) and not isinstance(training["verbose"], bool),
+           "training.verbose", "auto, 0, 1 or 2")  # fmt: skip
     _check(training["global_batch_size"] > 0, "training.global_batch_size", "must be > 0")
     _check(training["max_checkpoints"] >= 1, "training.max_checkpoints", "an integer >= 1")
     _check(
@@ -334,6 +355,21 @@ def validate(config: dict) -> dict:
     return config
 
 
+def flag_overrides(
+    strategy: str | None = None, mixed_precision: str | None = None, xla: bool | None = None
+) -> list[str]:
+    """The `--set` items the --strategy, --mixed_precision and --xla flags stand for (applied
+    after the user's --set items, so the flags win); a flag left unset adds nothing."""
+    overrides = []
+    if strategy:
+        overrides.append(f"distribute.strategy={strategy}")
+    if mixed_precision:
+        overrides.append(f"distribute.mixed_precision={mixed_precision}")
+    if xla is not None:
+        overrides.append(f"distribute.xla={'true' if xla else 'false'}")
+    return overrides
+
+
 def parse_trainable(rule: Any) -> tuple[str, int]:
     """ "all" -> ("all", 0); "head_only" -> ("head_only", 0); "last_n:60" -> ("last_n", 60)."""
     if rule in ("all", "head_only"):
@@ -344,15 +380,16 @@ def parse_trainable(rule: Any) -> tuple[str, int]:
 
 
 def load_config(config_file: str | None = None, overrides: Sequence[str] = ()) -> dict:
-    """Defaults -> YAML file (path or shipped name) -> `key.path=value` overrides, validated."""
-    import tensorflow as tf
+    """Defaults -> YAML file (path or shipped name) -> `key.path=value` overrides, validated.
 
+    Imports TensorFlow only to read a config from a URL (gs://...)."""
     config = copy.deepcopy(DEFAULTS)
     if config_file:
         path = resolve_config_path(config_file)
         try:
-            with tf.io.gfile.GFile(path) as handle:
-                loaded = _load_yaml(handle) or {}
+            loaded = _load_yaml(_read_text(path)) or {}
+        except OSError as error:
+            raise TrainerError(f"--config {path}: cannot read it ({error.strerror})") from None
         except yaml.YAMLError as error:
             raise TrainerError(f"--config {path}: not valid YAML ({error})") from None
         if not isinstance(loaded, dict):
@@ -411,12 +448,12 @@ def resume_conflict(saved: dict, config: dict) -> tuple[str, Any, Any] | None:
 
 def load_saved_config(path: str) -> dict:
     """A job's JOB/config.yaml, as written by `dump_config`."""
-    import tensorflow as tf
-
-    with tf.io.gfile.GFile(path) as handle:
-        return _load_yaml(handle) or {}
+    return _load_yaml(_read_text(path)) or {}
 
 
-def dump_config(config: dict) -> str:
-    """The resolved config as YAML text (written to JOB/config.yaml)."""
-    return yaml.safe_dump(config, sort_keys=False, default_flow_style=None)
+def dump_config(config: dict, one_key_per_line: bool = False) -> str:
+    """The resolved config as YAML text (written to JOB/config.yaml; one_key_per_line for
+    people: --print_config)."""
+    return yaml.safe_dump(
+        config, sort_keys=False, default_flow_style=False if one_key_per_line else None
+    )

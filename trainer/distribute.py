@@ -24,11 +24,10 @@ def split_cpu(logical_cpus: int) -> None:
     )
 
 
-def cluster_task_count() -> int:
-    """Tasks named by TF_CONFIG (0 when unset)."""
-    raw = os.environ.get("TF_CONFIG", "")
+def parse_tf_config(raw: str) -> dict:
+    """TF_CONFIG's text as a dict ({} when unset); one-line error when it is malformed."""
     if not raw:
-        return 0
+        return {}
     try:
         parsed = json.loads(raw)
     except json.JSONDecodeError:
@@ -36,18 +35,40 @@ def cluster_task_count() -> int:
     cluster = parsed.get("cluster", {}) if isinstance(parsed, dict) else None
     if not isinstance(cluster, dict) or not all(isinstance(t, list) for t in cluster.values()):
         raise TrainerError('TF_CONFIG must be {"cluster": {"worker": [...], ...}, "task": {...}}')
-    return sum(len(tasks) for tasks in cluster.values())
+    return parsed
+
+
+def count_cluster_tasks(tf_config: dict) -> int:
+    """Tasks named by a parsed TF_CONFIG, over every task type (0 for {})."""
+    return sum(len(tasks) for tasks in tf_config.get("cluster", {}).values())
+
+
+def cluster_task_count() -> int:
+    """Tasks named by this process's TF_CONFIG (0 when unset)."""
+    return count_cluster_tasks(parse_tf_config(os.environ.get("TF_CONFIG", "")))
+
+
+def strategy_for(requested: str, tf_config: dict, gpu_count: int) -> str:
+    """The strategy name `requested` stands for on this cluster and host.
+
+    auto: multi_worker when TF_CONFIG names more than one task, else mirrored when the host
+    has more than one GPU, else default (one device). Any other name is returned as is.
+    """
+    if requested != "auto":
+        return requested
+    if count_cluster_tasks(tf_config) > 1:
+        return "multi_worker"
+    if gpu_count > 1:
+        return "mirrored"
+    return "default"
 
 
 def choose_strategy_name(requested: str) -> str:
-    """auto: multi_worker if TF_CONFIG names >1 task, mirrored if >1 GPU, else default."""
+    """`strategy_for` with what this process sees: TF_CONFIG and the physical GPUs."""
     if requested != "auto":
         return requested
-    if cluster_task_count() > 1:
-        return "multi_worker"
-    if len(tf.config.list_physical_devices("GPU")) > 1:
-        return "mirrored"
-    return "default"
+    tf_config = parse_tf_config(os.environ.get("TF_CONFIG", ""))
+    return strategy_for(requested, tf_config, len(tf.config.list_physical_devices("GPU")))
 
 
 def make_strategy(requested: str) -> tf.distribute.Strategy:
@@ -90,15 +111,29 @@ def worker_id(strategy: tf.distribute.Strategy) -> int:
     return int(strategy.cluster_resolver.task_id or 0)
 
 
-def resolve_precision(requested: str) -> str:
-    """auto -> float16 on a GPU with compute capability >= 7.0, else off."""
+def precision_for(requested: str, gpu_details: list[dict]) -> str:
+    """The precision `requested` stands for on a host whose GPUs have these details.
+
+    gpu_details: one dict per physical GPU as `tf.config.experimental.get_device_details`
+    returns it (`compute_capability` is a (major, minor) tuple; absent on some builds).
+    auto: float16 when any GPU has compute capability >= 7.0 (Volta and later have tensor
+    cores for float16), else off; bfloat16 is never chosen automatically. Any other value
+    is returned as is.
+    """
     if requested != "auto":
         return requested
-    for gpu in tf.config.list_physical_devices("GPU"):
-        details = tf.config.experimental.get_device_details(gpu)
-        if details.get("compute_capability", (0, 0)) >= (7, 0):
+    for details in gpu_details:
+        if tuple(details.get("compute_capability", (0, 0))) >= (7, 0):
             return "float16"
     return "off"
+
+
+def resolve_precision(requested: str) -> str:
+    """`precision_for` with this host's physical GPUs."""
+    if requested != "auto":
+        return requested
+    gpus = tf.config.list_physical_devices("GPU")
+    return precision_for(requested, [tf.config.experimental.get_device_details(g) for g in gpus])
 
 
 def set_precision(precision: str) -> None:

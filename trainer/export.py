@@ -8,6 +8,8 @@ import tempfile
 import keras
 import tensorflow as tf
 
+from trainer.checkpoint import copy_atomically
+
 
 def save_keras(model: keras.Model, path: str) -> None:
     """Save a .keras file (written locally, then copied: works for gs:// too)."""
@@ -15,8 +17,7 @@ def save_keras(model: keras.Model, path: str) -> None:
     with tempfile.TemporaryDirectory() as temp:
         local = os.path.join(temp, os.path.basename(path))
         model.save(local)
-        tf.io.gfile.copy(local, path + ".tmp", overwrite=True)
-        tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
+        copy_atomically(local, path)
 
 
 def export_saved_model(keras_path: str, export_dir: str, image_size: int) -> None:

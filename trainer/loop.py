@@ -1,11 +1,14 @@
 """The custom train / eval steps (strategy.run inside a tf.function, as Orbit does).
 
-Keras 3 `fit` does not run under MultiWorkerMirroredStrategy on this stack; this loop runs
-unchanged under the default strategy, Mirrored and MultiWorkerMirrored (PLATFORM_FACTS).
+Keras 3 `fit` fails under MultiWorkerMirroredStrategy on this stack (keras#20585); this loop
+runs unchanged under the default strategy, Mirrored and MultiWorkerMirrored.
 Build one new step function per phase (after setting `trainable` and the new optimizer).
 """
 
 from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
 
 import keras
 import tensorflow as tf
@@ -13,8 +16,54 @@ import tensorflow as tf
 from bonify.vocabulary import NUM_CLASSES
 from trainer.losses import focal_loss_per_example
 
+
+@dataclasses.dataclass(frozen=True)
+class Metric:
+    """A training and validation metric, defined once: every step returns its sum over the
+    batch (example-weighted) and over replicas; the epoch's value is the sum over its steps
+    divided by the summed example weights ("count"). History, the console, the progress bar
+    and TensorBoard all derive from `METRICS`."""
+
+    #: The name in history.json and TensorBoard; validation's is "val_" + name in history.
+    name: str
+    #: The key of the per-step sum in the step's outputs and the checkpointed epoch sums.
+    sum_key: str
+    #: The console's short label.
+    label: str
+    #: (probabilities [b, 14], labels int32 [b], per-example loss [b], weights [b]) -> the
+    #: weighted sum over the batch (float32 scalar).
+    batch_sum: Callable[..., tf.Tensor]
+
+
+def _correct(probabilities, labels, per_example_loss, weights):
+    predicted = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
+    return tf.reduce_sum(tf.cast(tf.equal(predicted, labels), tf.float32) * weights)
+
+
+def _top3(probabilities, labels, per_example_loss, weights):
+    hits = tf.math.in_top_k(labels, tf.cast(probabilities, tf.float32), k=3)
+    return tf.reduce_sum(tf.cast(hits, tf.float32) * weights)
+
+
+def _loss(probabilities, labels, per_example_loss, weights):
+    return tf.reduce_sum(per_example_loss * weights)
+
+
+METRICS: tuple[Metric, ...] = (
+    Metric("loss", "loss_sum", "loss", _loss),
+    Metric("accuracy", "correct", "acc", _correct),
+    Metric("top3_accuracy", "top3", "top3", _top3),
+)
+#: The summed example weights of a step (the metrics' denominator).
+COUNT = "count"
 #: Per-step outputs, each summed over all replicas.
-STEP_KEYS = ("loss_sum", "correct", "top3", "count", "nonfinite", "stop")
+STEP_KEYS = (*(metric.sum_key for metric in METRICS), COUNT, "nonfinite", "stop")
+
+
+def means(sums: dict[str, float], prefix: str = "") -> dict[str, float]:
+    """{prefix + metric name: sum / count} from summed step outputs (missing sums are 0)."""
+    count = max(sums.get(COUNT, 0.0), 1.0)
+    return {prefix + metric.name: sums.get(metric.sum_key, 0.0) / count for metric in METRICS}
 
 
 def make_optimizer(name: str, learning_rate: float, precision: str):
@@ -37,15 +86,12 @@ def set_learning_rate(optimizer, learning_rate: float) -> None:
 
 
 def _batch_stats(probabilities, labels, weights, per_example_loss):
-    predicted = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
-    correct = tf.cast(tf.equal(predicted, labels), tf.float32) * weights
-    top3 = tf.cast(tf.math.in_top_k(labels, tf.cast(probabilities, tf.float32), k=3), tf.float32)
-    return {
-        "loss_sum": tf.reduce_sum(per_example_loss * weights),
-        "correct": tf.reduce_sum(correct),
-        "top3": tf.reduce_sum(top3 * weights),
-        "count": tf.reduce_sum(weights),
+    stats = {
+        metric.sum_key: metric.batch_sum(probabilities, labels, per_example_loss, weights)
+        for metric in METRICS
     }
+    stats[COUNT] = tf.reduce_sum(weights)
+    return stats
 
 
 def make_train_step(
@@ -119,7 +165,7 @@ def make_train_step(
 
 
 def make_eval_step(strategy: tf.distribute.Strategy, model: keras.Model, loss_config: dict):
-    """`eval_step(iterator) -> dict` of loss_sum/correct/top3/count summed over replicas
+    """`eval_step(iterator) -> dict` of each metric's sum and the count, summed over replicas
     (focal loss without class weights; padding examples have weight 0)."""
     gamma, alpha = loss_config["focal_gamma"], loss_config["focal_alpha"]
 

@@ -122,11 +122,19 @@ def backbone_of(model: keras.Model) -> keras.Model:
     return next(layer for layer in model.layers if isinstance(layer, keras.Model))
 
 
+def preprocessing_of(model: keras.Model) -> keras.Model:
+    """The model's own preprocessing as a model: uint8 [batch, S, S, 1] in, the float32
+    [batch, S, S, 3] tensor the backbone receives out (x/255, gray copied to RGB, ImageNet
+    mean/std per channel). Shares the layers of `model`; for tests and inspection."""
+    backbone_input = backbone_of(model)._inbound_nodes[0].input_tensors[0]
+    return keras.Model(model.inputs, backbone_input, name="preprocessing")
+
+
 def set_trainable(model: keras.Model, rule: str) -> None:
     """Apply a phase's trainable rule (all | head_only | last_n:N); the head always trains.
 
     Build a new optimizer and a new tf.function afterwards: flipping `trainable` under an
-    already traced step does nothing (PLATFORM_FACTS).
+    already traced step does nothing (the traced graph keeps the old variable list).
     """
     kind, count = parse_trainable(rule)
     backbone = backbone_of(model)

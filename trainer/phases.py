@@ -1,14 +1,70 @@
-"""The phase state machine as plain functions on a small JSON-able dict (no TensorFlow).
+"""Where a training job is, as plain Python (no TensorFlow): the run state and the phase
+state machine.
+
+`RunState` is the position of the job (phase, epoch, step), the per-phase dicts below, the
+running sums of the epoch in progress and the history; it goes into every checkpoint as
+JSON, so a resumed run continues exactly where the saved one was.
 
 One dict per phase records what Keras' ReduceLROnPlateau / EarlyStopping / best-checkpoint
-callbacks would keep in memory. It goes into every checkpoint, so a resumed run makes the
-same decisions as an uninterrupted one.
+callbacks would keep in memory, so a resumed run makes the same decisions as an
+uninterrupted one.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 from typing import Any
+
+#: JOB/training_state.json: the job's position and per-phase results for people and scripts.
+STATE_FILE = "training_state.json"
+
+
+@dataclasses.dataclass
+class RunState:
+    """The training state saved in every checkpoint (`to_json` / `from_json`).
+
+    `phase` and `epoch` are 0-based indexes (the phase in progress, the epochs of it already
+    done) and `step` the steps done in the epoch in progress. People see 1-based numbers
+    (`position`): the console, training_state.json and history.json all use those.
+    """
+
+    #: The resolved precision ("auto" resolves per machine): float16 adds the loss scaler's
+    #: variables to the checkpoint, so a resume must use the same.
+    precision: str
+    phases: list[dict[str, Any]]
+    phase: int = 0
+    epoch: int = 0
+    step: int = 0
+    global_step: int = 0
+    #: The phase's start checkpoint is saved (its optimizer and trainable flags exist).
+    phase_started: bool = False
+    completed: bool = False
+    #: Running sums of the epoch in progress (trainer.metrics), restored mid-epoch.
+    epoch_sums: dict[str, float] = dataclasses.field(default_factory=dict)
+    #: One record per finished epoch (history.json).
+    history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    #: Checkpoints saved so far: the number of the next one keeps growing across phases.
+    saves: int = 0
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> RunState:
+        return cls(**json.loads(text))
+
+    def position(self, steps_per_epoch: int) -> tuple[int, int, int]:
+        """(phase, epoch, step) as people read them: `step` steps of 1-based epoch `epoch` of
+        1-based phase `phase` are done. At an epoch's end that is (phase, that epoch,
+        steps_per_epoch); at a phase's start (phase, 1, 0); a finished job ends at its last
+        phase's last epoch."""
+        if self.completed:
+            return len(self.phases), self.phases[-1]["epochs_completed"], steps_per_epoch
+        if self.step == 0 and self.epoch > 0:
+            return self.phase + 1, self.epoch, steps_per_epoch
+        return self.phase + 1, self.epoch + 1, self.step
 
 
 def _better(monitor: str, value: float, best: float | None, min_delta: float) -> bool:
@@ -32,6 +88,8 @@ def new_phase_state(phase: dict) -> dict[str, Any]:
         "stop_wait": 0,
         "best_val_accuracy": None,
         "best_epoch": None,
+        # For comparing runs (TensorBoard hparams); no decision depends on it.
+        "best_val_loss": None,
         "stopped_early": False,
         "finished": False,
     }
@@ -56,6 +114,8 @@ def after_epoch(state: dict, phase: dict, metrics: dict[str, float]) -> tuple[di
     if improved:
         state["best_val_accuracy"] = float(metrics["val_accuracy"])
         state["best_epoch"] = epoch
+    if _better("val_loss", metrics["val_loss"], state.get("best_val_loss"), 0.0):
+        state["best_val_loss"] = float(metrics["val_loss"])
 
     plateau = phase["reduce_lr"]
     if plateau["enabled"] and _patience_ran_out(state, "plateau", plateau, metrics):
@@ -95,6 +155,7 @@ def summary_row(state: dict) -> dict[str, Any]:
         "name": state["name"],
         "epochs_completed": state["epochs_completed"],
         "best_val_accuracy": state["best_val_accuracy"],
+        "best_val_loss": state.get("best_val_loss"),
         "best_epoch": state["best_epoch"],
         "stopped_early": state["stopped_early"],
         "learning_rate": state["learning_rate"],

@@ -2,7 +2,10 @@
 
 `train(...)` is the whole trainer. Rerunning it on the same JOB resumes from the latest
 checkpoint (the same schedule and, on CPU with the same seeds, bitwise the same weights as
-an uninterrupted run); on a finished JOB it prints the summary and returns 0.
+an uninterrupted run); on a finished JOB it says so, prints the summary and returns 0.
+
+Numbering: phases and epochs are 1-based everywhere a person reads them (console,
+training_state.json, history.json); `RunState` keeps 0-based indexes internally.
 """
 
 from __future__ import annotations
@@ -15,33 +18,84 @@ import sys
 import time
 from collections.abc import Sequence
 
-from bonify.dataset import read_manifest, split_files
-from trainer.config import dump_config, load_config, load_saved_config, resume_conflict
+from bonify.dataset import is_url, read_manifest, split_files
+from trainer.config import (
+    dump_config,
+    flag_overrides,
+    load_config,
+    load_saved_config,
+    resume_conflict,
+)
 from trainer.errors import TrainerError
+from trainer.phases import STATE_FILE, RunState
 
-#: Exit code after a SIGTERM-triggered save (128 + SIGTERM), so orchestrators restart us.
+#: Exit codes after a signal-triggered save: 128 + the signal, so orchestrators restart us.
 SIGTERM_EXIT_CODE = 143
+SIGINT_EXIT_CODE = 130
+RESUME_HINT = "checkpoint saved; rerun the same command to resume"
 
-_stop_requested = False
-
-
-def _on_sigterm(signum, frame):  # noqa: ARG001 - signal handler signature
-    global _stop_requested
-    _stop_requested = True
-    print("trainer: SIGTERM received, saving at the next step", file=sys.stderr, flush=True)
+#: The first stop signal this process received (SIGTERM or SIGINT), None until then.
+_stop_signal: int | None = None
 
 
-def _log(message: str, chief: bool = True) -> None:
-    if chief:
+class _Console:
+    """The chief's stdout. It knows when a progress bar is mid-line, so that every other
+    message starts on its own line."""
+
+    def __init__(self) -> None:
+        self.chief = True
+        self.bar_open = False
+
+    def line(self, message: str, every_worker: bool = False) -> None:
+        if not (self.chief or every_worker):
+            return
+        if self.bar_open:
+            print(flush=True)
+            self.bar_open = False
         print(message, flush=True)
 
 
-def _summary_text(state: dict, job_dir: str) -> str:
+_console = _Console()
+
+
+def _on_stop_signal(signum, frame):  # noqa: ARG001 - signal handler signature
+    """SIGTERM or Ctrl-C: save at the next step (all workers agree), then exit. A second
+    Ctrl-C aborts at once, without saving."""
+    global _stop_signal
+    # os.write, not print: the handler may interrupt a print of the main thread.
+    newline = "\n" if _console.bar_open else ""
+    if _stop_signal is not None and signum == signal.SIGINT:
+        os.write(2, f"{newline}trainer: second Ctrl-C: aborting without saving\n".encode())
+        os._exit(SIGINT_EXIT_CODE)
+    if _stop_signal is None:
+        _stop_signal = signum
+    name = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
+    again = " (Ctrl-C again to abort without saving)" if signum == signal.SIGINT else ""
+    os.write(2, f"{newline}trainer: {name} received, saving at the next step{again}\n".encode())
+
+
+def _stop_exit_code() -> int:
+    # A worker stopped by another worker's signal exits as after SIGTERM (a restartable stop).
+    return SIGINT_EXIT_CODE if _stop_signal == signal.SIGINT else SIGTERM_EXIT_CODE
+
+
+def _stop_message(position: tuple[int, int, int]) -> str:
+    """The line printed after the stop's checkpoint is saved at `position` (RunState)."""
+    phase, epoch, step = position
+    where = f"at phase {phase} epoch {epoch} step {step}"
+    if _stop_signal == signal.SIGINT:
+        return f"interrupted {where}; {RESUME_HINT}"
+    if _stop_signal == signal.SIGTERM:
+        return f"stopped after SIGTERM {where}; {RESUME_HINT}"
+    return f"stopped after SIGTERM or Ctrl-C to another worker {where}; {RESUME_HINT}"
+
+
+def _summary_text(phase_rows: list[dict], job_dir: str) -> str:
     lines = ["", "Training summary"]
-    for index, row in enumerate(state["phases"]):
+    for number, row in enumerate(phase_rows, start=1):
         best = row["best_val_accuracy"]
         lines.append(
-            f"  phase {index + 1} {row['name']}: {row['epochs_completed']} epochs, "
+            f"  phase {number} {row['name']}: {row['epochs_completed']} epochs, "
             f"best val accuracy {best if best is None else round(best, 4)}"
             f"{' (stopped early)' if row['stopped_early'] else ''}"
         )
@@ -53,15 +107,37 @@ def _summary_text(state: dict, job_dir: str) -> str:
     return "\n".join(lines)
 
 
-def _apply_flags(overrides: list[str], strategy, mixed_precision, xla) -> list[str]:
-    overrides = list(overrides)
-    if strategy:
-        overrides.append(f"distribute.strategy={strategy}")
-    if mixed_precision:
-        overrides.append(f"distribute.mixed_precision={mixed_precision}")
-    if xla is not None:
-        overrides.append(f"distribute.xla={'true' if xla else 'false'}")
-    return overrides
+def _read_job_state(job_dir: str) -> dict | None:
+    """JOB/training_state.json, or None. Local paths are read without TensorFlow."""
+    path = f"{job_dir.rstrip('/')}/{STATE_FILE}"
+    if is_url(path):
+        import tensorflow as tf
+
+        if not tf.io.gfile.exists(path):
+            return None
+        with tf.io.gfile.GFile(path) as handle:
+            return json.load(handle)
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def _weights_file_exists(path: str) -> bool:
+    if is_url(path):
+        import tensorflow as tf
+
+        return tf.io.gfile.exists(path)
+    return os.path.isfile(path)
+
+
+def resolve_verbose(verbose: int | str, stdout=None) -> int:
+    """`training.verbose`: 0, 1 (progress bar), 2 (one line per epoch); "auto" is 1 on a
+    terminal and 2 otherwise (pods, CI, `> log`: no ANSI escapes, `\\r` or `\\b`)."""
+    if verbose != "auto":
+        return int(verbose)
+    stdout = stdout or sys.stdout
+    return 1 if hasattr(stdout, "isatty") and stdout.isatty() else 2
 
 
 def train(
@@ -74,37 +150,50 @@ def train(
     xla: bool | None = None,
     tf_config_from_k8s: bool = False,
 ) -> int:
-    """Train (or resume) the job; returns the process exit code (0, or 143 after SIGTERM)."""
-    global _stop_requested
-    _stop_requested = False  # a new run in this process starts unstopped
+    """Train (or resume) the job; returns the process exit code (0, or 143 after SIGTERM,
+    130 after Ctrl-C: a checkpoint was saved and the same command resumes)."""
+    global _stop_signal
+    _stop_signal = None  # a new run in this process starts unstopped
     if tf_config_from_k8s:
         from trainer import k8s_cluster
 
         os.environ["TF_CONFIG"] = json.dumps(k8s_cluster.tf_config_from_environ(os.environ))
 
+    # Everything a user can get wrong is checked before TensorFlow is imported (seconds).
     config = load_config(
-        config_file, _apply_flags(list(overrides), strategy_name, mixed_precision, xla)
+        config_file, [*overrides, *flag_overrides(strategy_name, mixed_precision, xla)]
     )
-    import tensorflow as tf
-
-    from trainer import checkpoint as ckpt_lib
-
     manifest = read_manifest(data_dir)
-    if int(manifest.get("image_size", -1)) != config["data"]["image_size"]:
+    if manifest.image_size != config["data"]["image_size"]:
         raise TrainerError(
             f"config key 'data.image_size' is {config['data']['image_size']} but "
-            f"{data_dir}/manifest.json says image_size {manifest.get('image_size')}"
+            f"{manifest.path} says image_size {manifest.image_size}"
         )
     train_files = split_files(data_dir, "train")
     validation_files = split_files(data_dir, "validation")
-    previous = ckpt_lib.read_json(ckpt_lib.join(job_dir, ckpt_lib.STATE_FILE))
+    if manifest.splits["train"].images <= 0 or manifest.splits["validation"].images <= 0:
+        raise TrainerError(f"{data_dir}/manifest.json: the train or validation split is empty")
+    if any(phase["class_weights"] for phase in config["phases"]):
+        check_class_counts(
+            manifest.splits["train"].class_counts, manifest.splits["train"].images, data_dir
+        )
+    previous = _read_job_state(job_dir)
     if previous and previous.get("completed"):
-        print(_summary_text(previous, job_dir))
+        print(
+            f"{job_dir} is already finished ({STATE_FILE} says completed): nothing to train; "
+            "use a new --job_dir to train again"
+        )
+        print(_summary_text(previous["phases"], job_dir))
         return 0
     weights = config["model"]["weights"]
-    if weights not in ("imagenet", "none") and not tf.io.gfile.exists(weights):
+    if weights not in ("imagenet", "none") and not _weights_file_exists(weights):
         raise TrainerError(f"config key 'model.weights': {weights}: no such file")
-    return _Trainer(config, manifest, data_dir, job_dir, train_files, validation_files).run()
+    handlers = {number: signal.getsignal(number) for number in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return _Trainer(config, manifest, data_dir, job_dir, train_files, validation_files).run()
+    finally:
+        for number, handler in handlers.items():
+            signal.signal(number, handler)
 
 
 class _Trainer:
@@ -118,32 +207,31 @@ class _Trainer:
 
         self.config, self.manifest, self.job_dir = config, manifest, job_dir
         self.train_files, self.validation_files = train_files, validation_files
-        self.encoding = manifest.get("encoding", "png")
+        self.encoding = manifest.encoding
         dist = config["distribute"]
         distribute.split_cpu(dist["logical_cpus"])
         self.strategy = distribute.make_strategy(dist["strategy"])
-        # After the strategy: MWMS replaces handlers installed earlier (PLATFORM_FACTS).
-        signal.signal(signal.SIGTERM, _on_sigterm)
+        # After the strategy: MultiWorkerMirroredStrategy replaces handlers installed earlier.
+        signal.signal(signal.SIGTERM, _on_stop_signal)
+        signal.signal(signal.SIGINT, _on_stop_signal)
         self.chief = distribute.is_chief(self.strategy)
+        _console.chief, _console.bar_open = self.chief, False
         self.worker = distribute.worker_id(self.strategy)
         self.precision = distribute.resolve_precision(dist["mixed_precision"])
         distribute.set_precision(self.precision)
-        _log(
-            f"Strategy: {type(self.strategy).__name__}, {self.strategy.num_replicas_in_sync} "
-            f"replicas in sync; precision {self.precision}; XLA {dist['xla']}",
-            self.chief,
-        )
         training = config["training"]
+        self.verbose = resolve_verbose(training["verbose"])
+        _console.line(
+            f"Strategy: {type(self.strategy).__name__}, {self.strategy.num_replicas_in_sync} "
+            f"replicas in sync; precision {self.precision}; XLA {dist['xla']}"
+        )
         keras.utils.set_random_seed(training["seed"])
         with self.strategy.scope():
             from trainer.model import build_model
 
             self.model = build_model(config)
-        splits = manifest.get("splits", {})
-        self.train_images = int(splits.get("train", {}).get("images", 0))
-        self.validation_images = int(splits.get("validation", {}).get("images", 0))
-        if self.train_images <= 0 or self.validation_images <= 0:
-            raise TrainerError(f"{data_dir}/manifest.json: the train or validation split is empty")
+        self.train_images = manifest.splits["train"].images
+        self.validation_images = manifest.splits["validation"].images
         global_batch = training["global_batch_size"]
         if global_batch % self.strategy.num_replicas_in_sync:
             raise TrainerError(
@@ -159,9 +247,7 @@ class _Trainer:
         self.validation_steps = training["validation_steps"] or default_steps(
             self.validation_images, global_batch, training=False
         )
-        counts = splits.get("train", {}).get("class_counts", {})
-        if any(phase["class_weights"] for phase in config["phases"]):
-            check_class_counts(counts, self.train_images, data_dir)
+        counts = manifest.splits["train"].class_counts
         self.class_weights = tf.constant(balanced_class_weights(counts))
         self.no_class_weights = tf.ones_like(self.class_weights)
         from trainer.tensorboard import Summaries
@@ -172,47 +258,35 @@ class _Trainer:
 
     # ---- state -------------------------------------------------------------------------
 
-    def _fresh_state(self) -> dict:
+    def _fresh_state(self) -> RunState:
         from trainer.phases import new_phase_state
 
-        return {
-            "phase": 0,
-            "epoch": 0,
-            "step": 0,
-            "global_step": 0,
-            "phase_started": False,
-            "completed": False,
-            "phases": [new_phase_state(self.config["phases"][0])],
-            "epoch_sums": {},
-            "history": [],
-            # The resolved precision ("auto" resolves per machine): float16 adds the loss
-            # scaler's variables to the checkpoint, so a resume must use the same.
-            "precision": self.precision,
-        }
+        return RunState(
+            precision=self.precision, phases=[new_phase_state(self.config["phases"][0])]
+        )
 
-    def _write_state_files(self, state: dict) -> None:
+    def _write_state_files(self, state: RunState) -> None:
         if not self.chief:
             return
         from trainer import checkpoint as ckpt_lib
         from trainer.phases import summary_row
 
+        phase, epoch, step = state.position(self.steps_per_epoch)
         public = {
-            "phase": state["phase"],
-            "phase_name": self.config["phases"][
-                min(state["phase"], len(self.config["phases"]) - 1)
-            ]["name"],
-            "epoch": state["epoch"],
-            "step_in_epoch": state["step"],
-            "global_step": state["global_step"],
-            "completed": state["completed"],
-            "phases": [summary_row(row) for row in state["phases"]],
+            "phase": phase,
+            "phase_name": self.config["phases"][phase - 1]["name"],
+            "epoch": epoch,
+            "step_in_epoch": step,
+            "global_step": state.global_step,
+            "completed": state.completed,
+            "phases": [summary_row(row) for row in state.phases],
         }
         ckpt_lib.write_text_atomically(
-            ckpt_lib.join(self.job_dir, ckpt_lib.STATE_FILE), json.dumps(public, indent=2)
+            ckpt_lib.join(self.job_dir, STATE_FILE), json.dumps(public, indent=2)
         )
         ckpt_lib.write_text_atomically(
             ckpt_lib.join(self.job_dir, ckpt_lib.HISTORY_FILE),
-            json.dumps(state["history"], indent=2),
+            json.dumps(state.history, indent=2),
         )
 
     # ---- main loop ---------------------------------------------------------------------
@@ -221,61 +295,73 @@ class _Trainer:
         import tensorflow as tf
 
         from trainer import checkpoint as ckpt_lib
+        from trainer.tensorboard import recipe_hparams
 
         latest, state = ckpt_lib.read_latest_state(self.job_dir)
         config_path = ckpt_lib.join(self.job_dir, "config.yaml")
         if latest is not None and tf.io.gfile.exists(config_path):
             self._check_resumable(load_saved_config(config_path))
-        if state is not None and state.get("precision", self.precision) != self.precision:
+        if state is not None and state.precision != self.precision:
             raise TrainerError(
-                f"{self.job_dir} was trained with mixed precision {state['precision']!r}, this "
+                f"{self.job_dir} was trained with mixed precision {state.precision!r}, this "
                 f"run resolves distribute.mixed_precision="
                 f"{self.config['distribute']['mixed_precision']!r} to {self.precision!r}: "
-                f"resume with --mixed_precision {state['precision']}, or use a new --job_dir"
+                f"resume with --mixed_precision {state.precision}, or use a new --job_dir"
             )
         if self.chief:
             tf.io.gfile.makedirs(self.job_dir)
             ckpt_lib.write_text_atomically(config_path, dump_config(self.config))
-            self.summaries.hparams(self.config)
+            run_values = {
+                "resize": self.manifest.resize,
+                "encoding": self.encoding,
+                "precision": self.precision,
+                "strategy": type(self.strategy).__name__,
+                "replicas": self.strategy.num_replicas_in_sync,
+            }
+            self.summaries.hparams(
+                recipe_hparams(self.config, run_values), len(self.config["phases"])
+            )
         if state is None:
             state = self._fresh_state()
         else:
-            _log(
-                f"Resuming from {latest}: phase {state['phase'] + 1}, epoch {state['epoch'] + 1}, "
-                f"step {state['step']}",
-                self.chief,
+            phase, epoch, step = state.position(self.steps_per_epoch)
+            _console.line(
+                f"Resuming from {latest}: phase {phase} epoch {epoch} step {step} were done"
             )
         phases = self.config["phases"]
         while True:
-            phase_index = min(state["phase"], len(phases) - 1)
+            phase_index = min(state.phase, len(phases) - 1)
             checkpoint = self._build_phase(phase_index)
             if latest is not None:
                 checkpoint.restore(latest)
                 latest = None
-            if state["completed"] or state["phase"] >= len(phases):
+            if state.completed or state.phase >= len(phases):
                 break
             from trainer.loop import set_learning_rate
 
-            set_learning_rate(self.optimizer, state["phases"][phase_index]["learning_rate"])
-            if not state["phase_started"]:
-                state["phase_started"] = True
+            set_learning_rate(self.optimizer, state.phases[phase_index]["learning_rate"])
+            if not state.phase_started:
+                state.phase_started = True
                 checkpoint.save(state)
                 self._write_state_files(state)
             result = self._run_phase(phase_index, state, checkpoint)
             if result == "stopped":
-                return SIGTERM_EXIT_CODE
+                return _stop_exit_code()
             if result == "restore":
                 latest, state = ckpt_lib.read_latest_state(self.job_dir)
                 continue
-            state = self._finish_phase(phase_index, state, checkpoint)
-            if state["completed"]:
+            saved_position = state.position(self.steps_per_epoch)
+            self._finish_phase(phase_index, state, checkpoint)
+            if state.completed:
                 break
             # Before building and tracing the next phase (minutes for a DenseNet): a rerun
             # redoes only the idempotent end of the phase just finished.
-            if self._stop_agreed(state, "at the end of a phase"):
-                return SIGTERM_EXIT_CODE
+            if self._stop_agreed(saved_position):
+                return _stop_exit_code()
         self._write_state_files(state)
-        _log(_summary_text(state, self.job_dir), self.chief)
+        from trainer.phases import summary_row
+
+        _console.line(_summary_text([summary_row(row) for row in state.phases], self.job_dir))
         # Every worker prints it: equal lines in all pods show the replicas stayed in sync.
         print(f"worker {self.worker} weights sha256: {weights_fingerprint(self.model)}", flush=True)
         return 0
@@ -326,19 +412,23 @@ class _Trainer:
             training["max_checkpoints"],
         )
 
-    def _run_phase(self, phase_index: int, state: dict, checkpoint) -> str:
-        """Epochs until the phase finishes: "finished", "stopped" (SIGTERM) or "restore"."""
+    def _run_phase(self, phase_index: int, state: RunState, checkpoint) -> str:
+        """Epochs until the phase finishes: "finished", "stopped" (a signal) or "restore"."""
         from trainer import distribute
+        from trainer.loop import means, set_learning_rate
         from trainer.phases import after_epoch
 
         phase = self.config["phases"][phase_index]
-        while not state["phases"][phase_index]["finished"]:
+        while not state.phases[phase_index]["finished"]:
+            started = time.time()
             result = self._run_epoch(phase_index, state, checkpoint)
             if result != "done":
                 return result
+            train_seconds = time.time() - started
             metrics = self._validate()
-            train_metrics = self._epoch_train_metrics(state)
-            phase_state, improved = after_epoch(state["phases"][phase_index], phase, metrics)
+            train_metrics = means(state.epoch_sums)
+            learning_rate = state.phases[phase_index]["learning_rate"]
+            phase_state, improved = after_epoch(state.phases[phase_index], phase, metrics)
             if improved:
                 from trainer.checkpoint import save_best_weights
 
@@ -355,19 +445,17 @@ class _Trainer:
             record = {
                 "phase": phase_index + 1,
                 "phase_name": phase["name"],
-                "epoch": state["epoch"] + 1,
-                "global_step": state["global_step"],
-                "learning_rate": state["phases"][phase_index]["learning_rate"],
+                "epoch": state.epoch + 1,
+                "global_step": state.global_step,
+                "learning_rate": learning_rate,
                 **train_metrics,
                 **metrics,
             }
-            state["history"].append(record)
-            state["phases"][phase_index] = phase_state
-            state["epoch"] += 1
-            state["step"] = 0
-            state["epoch_sums"] = {}
-            from trainer.loop import set_learning_rate
-
+            state.history.append(record)
+            state.phases[phase_index] = phase_state
+            state.epoch += 1
+            state.step = 0
+            state.epoch_sums = {}
             set_learning_rate(self.optimizer, phase_state["learning_rate"])
             checkpoint.save(state)
             self._write_state_files(state)
@@ -375,56 +463,56 @@ class _Trainer:
                 from trainer.checkpoint import prune_best_weights
 
                 prune_best_weights(self.job_dir, phase_index, phase_state["best_epoch"])
-            self.summaries.scalars(
-                "validation",
-                {
-                    "loss": metrics["val_loss"],
-                    "accuracy": metrics["val_accuracy"],
-                    "top3_accuracy": metrics["val_top3_accuracy"],
-                },
-                state["global_step"],
-            )
-            self.summaries.scalars(
-                "train",
-                {
-                    "epoch_loss": train_metrics["loss"],
-                    "epoch_accuracy": train_metrics["accuracy"],
-                    "learning_rate": record["learning_rate"],
-                    "phase": phase_index + 1,
-                },
-                state["global_step"],
-            )
-            _log(
-                f"phase {phase_index + 1} epoch {record['epoch']}: "
-                f"loss {train_metrics['loss']:.4f} acc {train_metrics['accuracy']:.4f} | "
-                f"val_loss {metrics['val_loss']:.4f} val_acc {metrics['val_accuracy']:.4f} "
-                f"val_top3 {metrics['val_top3_accuracy']:.4f} | lr {record['learning_rate']:.3g}",
-                self.chief,
-            )
-            # A SIGTERM during validation or the epoch-end save: the checkpoint just saved
+            self._log_epoch(phase_index, record, train_seconds)
+            if phase_state["learning_rate"] < learning_rate:
+                reduce_lr = phase["reduce_lr"]
+                patience = reduce_lr["patience"]
+                _console.line(
+                    f"phase {phase_index + 1} epoch {record['epoch']}: {reduce_lr['monitor']} "
+                    f"did not improve for {patience} epoch{'' if patience == 1 else 's'}; "
+                    f"learning rate {learning_rate:.2e} -> {phase_state['learning_rate']:.2e}"
+                )
+            # A signal during validation or the epoch-end save: the checkpoint just saved
             # is the place to stop, without waiting for the next train step.
-            if self._stop_agreed(state, "after the epoch"):
+            if self._stop_agreed(state.position(self.steps_per_epoch)):
                 return "stopped"
         return "finished"
 
-    def _stop_agreed(self, state: dict, where: str) -> bool:
-        """True when any worker got SIGTERM (every worker gets the same answer)."""
+    def _log_epoch(self, phase_index: int, record: dict, train_seconds: float) -> None:
+        """TensorBoard's epoch scalars and the console's epoch line (both from METRICS)."""
+        from trainer.loop import METRICS
+
+        step = record["global_step"]
+        scalars = {f"epoch/{metric.name}": record[metric.name] for metric in METRICS}
+        scalars.update(
+            {f"validation/{metric.name}": record[f"val_{metric.name}"] for metric in METRICS}
+        )
+        scalars.update(
+            {"phase/learning_rate": record["learning_rate"], "phase/index": phase_index + 1}
+        )
+        self.summaries.scalars(scalars, step)
+        if self.verbose == 0:
+            return
+        phases = self.config["phases"]
+        steps_run = self.steps_run_in_epoch
+        rate = steps_run * self.config["training"]["global_batch_size"] / max(train_seconds, 1e-9)
+        train = " ".join(f"{m.label} {record[m.name]:.4f}" for m in METRICS)
+        validation = " ".join(f"val_{m.label} {record['val_' + m.name]:.4f}" for m in METRICS)
+        _console.line(
+            f"phase {phase_index + 1}/{len(phases)} {record['phase_name']} epoch "
+            f"{record['epoch']}/{phases[phase_index]['epochs']}: {train} | {validation} | "
+            f"lr {record['learning_rate']:.2e} | {rate:.1f} images/s, {train_seconds:.1f} s"
+        )
+
+    def _stop_agreed(self, saved_position: tuple[int, int, int]) -> bool:
+        """True when any worker got a stop signal (every worker gets the same answer); the
+        checkpoint at `saved_position` was saved just before."""
         from trainer import distribute
 
-        if not distribute.any_worker(self.strategy, _stop_requested):
+        if not distribute.any_worker(self.strategy, _stop_signal is not None):
             return False
-        _log(f"Stopping {where} at global step {state['global_step']} after SIGTERM", True)
+        _console.line(_stop_message(saved_position), every_worker=True)
         return True
-
-    @staticmethod
-    def _epoch_train_metrics(state: dict) -> dict:
-        sums = state["epoch_sums"]
-        count = max(sums.get("count", 0.0), 1.0)
-        return {
-            "loss": sums.get("loss_sum", 0.0) / count,
-            "accuracy": sums.get("correct", 0.0) / count,
-            "top3_accuracy": sums.get("top3", 0.0) / count,
-        }
 
     def _data_error(self, error: Exception, files: list[str]):
         from trainer.data import find_corrupt_shard
@@ -435,53 +523,69 @@ class _Trainer:
         shard, problem = bad
         raise TrainerError(f"corrupt shard {shard}: {problem}; rerun beam_preprocess")
 
-    def _run_epoch(self, phase_index: int, state: dict, checkpoint) -> str:
+    def _log_input_images(self, dataset_fn, global_step: int) -> None:
+        """A few (augmented) input images once per phase, captioned with their class, from a
+        non-distributed copy of this epoch's pipeline."""
+        import tensorflow as tf
+
+        from bonify.vocabulary import CLASS_NAMES
+
+        try:
+            first = next(iter(dataset_fn(tf.distribute.InputContext())))
+        except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as error:
+            self._data_error(error, self.train_files)
+        self.summaries.images(
+            first["image"],
+            first["label"].numpy(),
+            list(CLASS_NAMES),
+            global_step,
+            self.config["training"]["tensorboard_images"],
+        )
+
+    def _run_epoch(self, phase_index: int, state: RunState, checkpoint) -> str:
         import keras
         import tensorflow as tf
 
         from trainer.data import train_dataset_fn
+        from trainer.loop import COUNT, METRICS, means
 
         training = self.config["training"]
-        steps, start = self.steps_per_epoch, state["step"]
+        steps, start = self.steps_per_epoch, state.step
+        self.steps_run_in_epoch = 0
         dataset_fn = train_dataset_fn(
             self.train_files,
             self.encoding,
             self.config,
             phase_index,
-            state["epoch"],
+            state.epoch,
             start,
             steps,
         )
         dataset = self.strategy.distribute_datasets_from_function(dataset_fn)
         iterator = iter(dataset)
-        if start == 0 and state["epoch"] == 0 and self.summaries.enabled:
-            # A few (augmented) input images once per phase, from a non-distributed copy
-            # of this epoch's pipeline.
-            try:
-                first = next(iter(dataset_fn(tf.distribute.InputContext())))
-            except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as error:
-                self._data_error(error, self.train_files)
-            self.summaries.images(
-                first["image"], state["global_step"], training["tensorboard_images"]
-            )
+        if start == 0 and state.epoch == 0 and self.summaries.enabled:
+            self._log_input_images(dataset_fn, state.global_step)
         phase = self.config["phases"][phase_index]
-        if self.chief and training["verbose"]:
-            print(
+        progress = None
+        if self.chief and self.verbose == 1:
+            _console.line(
                 f"Phase {phase_index + 1}/{len(self.config['phases'])} ({phase['name']}), "
-                f"epoch {state['epoch'] + 1}/{phase['epochs']}",
-                flush=True,
+                f"epoch {state.epoch + 1}/{phase['epochs']}"
             )
-        progress = keras.utils.Progbar(
-            steps, verbose=training["verbose"] if self.chief else 0, stateful_metrics=["images/s"]
-        )
-        if start:
-            progress.update(start)
-        sums = {key: float(value) for key, value in state["epoch_sums"].items()}
+            # The bar shows the epoch's running means (the values of the epoch line).
+            progress = keras.utils.Progbar(
+                steps, verbose=1, stateful_metrics=[metric.label for metric in METRICS]
+            )
+            if start:
+                progress.update(start)
+                _console.bar_open = True
+        sums = {key: float(value) for key, value in state.epoch_sums.items()}
         scaled = self.precision == "float16"
         started = time.time()
         for step in range(start, steps):
+            stop_flag = tf.constant(1.0 if _stop_signal is not None else 0.0)
             try:
-                out = self.train_step(iterator, tf.constant(1.0 if _stop_requested else 0.0))
+                out = self.train_step(iterator, stop_flag)
                 out = {key: float(value) for key, value in out.items()}
             except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as error:
                 self._data_error(error, self.train_files)
@@ -490,41 +594,29 @@ class _Trainer:
             # A non-finite loss here is a float16 step the loss scaler skipped: keep it out of
             # the epoch's means.
             if math.isfinite(out["loss_sum"]):
-                for key in ("loss_sum", "correct", "top3", "count"):
+                for key in (*(metric.sum_key for metric in METRICS), COUNT):
                     sums[key] = sums.get(key, 0.0) + out[key]
-            state["step"], state["global_step"] = step + 1, state["global_step"] + 1
-            state["epoch_sums"] = sums
-            images_per_second = (
-                (step + 1 - start)
-                * training["global_batch_size"]
-                / max(time.time() - started, 1e-9)
-            )
-            loss = out["loss_sum"] / max(out["count"], 1.0)
-            shown = [("images/s", images_per_second)]
-            if math.isfinite(loss):  # the bar's running means would stay nan for the epoch
-                shown += [("loss", loss), ("accuracy", out["correct"] / max(out["count"], 1.0))]
-            progress.update(step + 1, shown)
-            if (
-                training["log_every_steps"]
-                and state["global_step"] % training["log_every_steps"] == 0
-            ):
-                self.summaries.scalars(
-                    "train",
-                    {
-                        "loss": loss,
-                        "accuracy": out["correct"] / max(out["count"], 1.0),
-                        "top3_accuracy": out["top3"] / max(out["count"], 1.0),
-                        "images_per_second": images_per_second,
-                        "learning_rate": state["phases"][phase_index]["learning_rate"],
-                        "phase": phase_index + 1,
-                    },
-                    state["global_step"],
+            state.step, state.global_step = step + 1, state.global_step + 1
+            state.epoch_sums = sums
+            self.steps_run_in_epoch = step + 1 - start
+            if progress is not None:
+                running = means(sums)
+                progress.update(step + 1, [(m.label, running[m.name]) for m in METRICS])
+                _console.bar_open = step + 1 < steps
+            if training["log_every_steps"] and state.global_step % training["log_every_steps"] == 0:
+                count = max(out[COUNT], 1.0)
+                scalars = {f"train/{m.name}": out[m.sum_key] / count for m in METRICS}
+                scalars["train/images_per_second"] = (
+                    self.steps_run_in_epoch
+                    * training["global_batch_size"]
+                    / max(time.time() - started, 1e-9)
                 )
+                self.summaries.scalars(scalars, state.global_step)
             if out["stop"] > 0:
                 checkpoint.save(state)
                 self._write_state_files(state)
-                _log(
-                    f"Saved a checkpoint at global step {state['global_step']} after SIGTERM", True
+                _console.line(
+                    _stop_message(state.position(self.steps_per_epoch)), every_worker=True
                 )
                 return "stopped"
             every = training["checkpoint_every_steps"]
@@ -532,20 +624,20 @@ class _Trainer:
                 checkpoint.save(state)
         return "done"
 
-    def _nonfinite(self, state: dict) -> str:
+    def _nonfinite(self, state: RunState) -> str:
         from trainer import checkpoint as ckpt_lib
 
         retries = self.config["training"]["max_nonfinite_retries"]
         self.nonfinite_restores += 1
         if self.nonfinite_restores > retries or ckpt_lib.latest_checkpoint(self.job_dir) is None:
             raise TrainerError(
-                f"non-finite loss at global step {state['global_step']} after {retries} restores: "
+                f"non-finite loss at global step {state.global_step} after {retries} restores: "
                 "lower the learning rate or check the data"
             )
-        _log(
-            f"non-finite loss at global step {state['global_step']}: restoring the last checkpoint "
+        _console.line(
+            f"non-finite loss at global step {state.global_step}: restoring the last checkpoint "
             f"(retry {self.nonfinite_restores}/{retries})",
-            True,
+            every_worker=True,
         )
         return "restore"
 
@@ -553,6 +645,7 @@ class _Trainer:
         import tensorflow as tf
 
         from trainer.data import eval_dataset_fn
+        from trainer.loop import COUNT, METRICS, means
 
         dataset_fn = eval_dataset_fn(
             self.validation_files,
@@ -562,7 +655,7 @@ class _Trainer:
             self.validation_steps,
         )
         iterator = iter(self.strategy.distribute_datasets_from_function(dataset_fn))
-        sums = {"loss_sum": 0.0, "correct": 0.0, "top3": 0.0, "count": 0.0}
+        sums = dict.fromkeys((*(metric.sum_key for metric in METRICS), COUNT), 0.0)
         for _ in range(self.validation_steps):
             try:
                 out = self.eval_step(iterator)
@@ -570,47 +663,61 @@ class _Trainer:
                 self._data_error(error, self.validation_files)
             for key in sums:
                 sums[key] += float(out[key])
-        count = max(sums["count"], 1.0)
-        return {
-            "val_loss": sums["loss_sum"] / count,
-            "val_accuracy": sums["correct"] / count,
-            "val_top3_accuracy": sums["top3"] / count,
-        }
+        return means(sums, prefix="val_")
 
-    def _finish_phase(self, phase_index: int, state: dict, checkpoint) -> dict:
+    def _finish_phase(self, phase_index: int, state: RunState, checkpoint) -> None:
+        """Restore the phase's best weights, save its model, and move `state` to the next
+        phase (or to completed, with the final model and the SavedModel)."""
         from trainer import checkpoint as ckpt_lib
         from trainer.export import export_saved_model, save_keras
         from trainer.phases import new_phase_state, should_restore_best
 
         phase = self.config["phases"][phase_index]
-        phase_state = state["phases"][phase_index]
-        if should_restore_best(phase_state, phase):
+        phase_state = state.phases[phase_index]
+        restored = should_restore_best(phase_state, phase)
+        if restored:
             ckpt_lib.restore_best_weights(
                 self.job_dir, phase_index, phase_state["best_epoch"], self.model
             )
+        _console.line(_phase_end_line(phase_index, phase, phase_state, restored))
         model_dir = ckpt_lib.join(self.job_dir, "model")
         best_path = ckpt_lib.join(model_dir, f"phase{phase_index + 1}_best.keras")
         if self.chief:
             save_keras(self.model, best_path)
-        state = dict(state)
-        state["phase"] = phase_index + 1
-        state["epoch"], state["step"], state["epoch_sums"] = 0, 0, {}
-        state["phase_started"] = False
-        if state["phase"] < len(self.config["phases"]):
-            state["phases"] = state["phases"] + [
-                new_phase_state(self.config["phases"][state["phase"]])
-            ]
-            return state
+        state.phase = phase_index + 1
+        state.epoch, state.step, state.epoch_sums = 0, 0, {}
+        state.phase_started = False
+        self.summaries.best_metrics(state.phases, state.global_step)
+        if state.phase < len(self.config["phases"]):
+            state.phases = state.phases + [new_phase_state(self.config["phases"][state.phase])]
+            return
         if self.chief:
             final = ckpt_lib.join(model_dir, "final.keras")
-            tf_copy(best_path, final)
+            ckpt_lib.copy_atomically(best_path, final)
             export_saved_model(
                 final, ckpt_lib.join(self.job_dir, "export"), self.config["data"]["image_size"]
             )
-        state["completed"] = True
+        state.completed = True
         checkpoint.save(state)
         self._write_state_files(state)
-        return state
+
+
+def _phase_end_line(phase_index: int, phase: dict, phase_state: dict, restored: bool) -> str:
+    """What a phase did: epochs run, stopped early or not, which weights it ends with."""
+    epochs = phase_state["epochs_completed"]
+    how = (
+        f"stopped early after {epochs} of {phase['epochs']} epochs"
+        if phase_state["stopped_early"]
+        else f"{epochs} epochs, not stopped early"
+    )
+    best = phase_state["best_val_accuracy"]
+    if restored:
+        weights = f"restored best epoch {phase_state['best_epoch']} (val_acc {best:.4f})"
+    else:
+        weights = "kept the last epoch's weights"
+        if best is not None:
+            weights += f" (best val_acc {best:.4f} at epoch {phase_state['best_epoch']})"
+    return f"phase {phase_index + 1} {phase['name']} finished: {how}; {weights}"
 
 
 def check_class_counts(counts, train_images: int, data_dir: str) -> None:
@@ -638,11 +745,3 @@ def weights_fingerprint(model) -> str:
     for weight in model.weights:
         digest.update(weight.numpy().tobytes())
     return digest.hexdigest()
-
-
-def tf_copy(source: str, destination: str) -> None:
-    """Copy a file atomically (temp + rename)."""
-    import tensorflow as tf
-
-    tf.io.gfile.copy(source, destination + ".tmp", overwrite=True)
-    tf.io.gfile.rename(destination + ".tmp", destination, overwrite=True)

@@ -1,60 +1,130 @@
-"""TensorBoard summaries under JOB/tensorboard/{train,validation}, written by the chief only.
+"""TensorBoard summaries in JOB/tensorboard, written by the chief only.
 
-Tags: loss, accuracy, top3_accuracy (train and validation), learning_rate, phase,
-images_per_second (train), input_images (train), and the hparams of the run.
-Steps are the global step, continuing across phases.
+Tags, grouped by prefix (the x axis is the global step, continuing across phases):
+  train/loss, train/accuracy, train/top3_accuracy, train/images_per_second   every
+      `training.log_every_steps` steps (the step's batch)
+  epoch/loss, epoch/accuracy, epoch/top3_accuracy   the epoch's training means
+  validation/loss, validation/accuracy, validation/top3_accuracy   after every epoch
+  phase/learning_rate, phase/index (1-based)   after every epoch
+  best/validation_accuracy, best/validation_loss and best/phase<N>_validation_accuracy,
+      best/phase<N>_validation_loss   at each phase end: the HParams plugin's metrics
+  input_images/<class name>   a few (augmented) input images at each phase start
+and the run's hparams (the whole recipe, see `recipe_hparams`).
 """
 
 from __future__ import annotations
+
+import re
+from typing import Any
 
 import tensorflow as tf
 
 from trainer.checkpoint import join
 
 
+def best_metric_tags(phase_count: int) -> list[str]:
+    """The tags the HParams plugin compares runs by (written by `Summaries.best_metrics`)."""
+    tags = ["best/validation_accuracy", "best/validation_loss"]
+    for number in range(1, phase_count + 1):
+        tags += [f"best/phase{number}_validation_accuracy", f"best/phase{number}_validation_loss"]
+    return tags
+
+
+def recipe_hparams(config: dict, run: dict[str, Any]) -> dict[str, Any]:
+    """The hparams of a run: the config's recipe plus `run` (what only the running trainer
+    knows: the manifest's resize mode and encoding, resolved precision, strategy, replicas).
+    Values are str, bool, int or float, as the HParams plugin requires."""
+    values: dict[str, Any] = {
+        "backbone": config["model"]["backbone"],
+        "weights": config["model"]["weights"],
+        "head_units": str(config["model"]["head_units"]),
+        "image_size": config["data"]["image_size"],
+        "augment": config["data"]["augment"]["enabled"],
+        "global_batch_size": config["training"]["global_batch_size"],
+        "seed": config["training"]["seed"],
+        "focal_gamma": config["loss"]["focal_gamma"],
+        "focal_alpha": config["loss"]["focal_alpha"],
+        "phases": len(config["phases"]),
+        "xla": config["distribute"]["xla"],
+    }
+    for number, phase in enumerate(config["phases"], start=1):
+        values.update(
+            {
+                f"phase{number}_name": phase["name"],
+                f"phase{number}_trainable": str(phase["trainable"]),
+                f"phase{number}_optimizer": phase["optimizer"],
+                f"phase{number}_learning_rate": float(phase["learning_rate"]),
+                f"phase{number}_epochs": phase["epochs"],
+                f"phase{number}_class_weights": phase["class_weights"],
+            }
+        )
+    values.update(run)
+    return values
+
+
 class Summaries:
-    """Writers for the chief; every method is a no-op on other workers."""
+    """One writer for the chief; every method is a no-op on other workers."""
 
     def __init__(self, job_dir: str, chief: bool):
         self.enabled = chief
         if chief:
-            root = join(job_dir, "tensorboard")
-            self.train = tf.summary.create_file_writer(join(root, "train"))
-            self.validation = tf.summary.create_file_writer(join(root, "validation"))
+            self.writer = tf.summary.create_file_writer(join(job_dir, "tensorboard"))
 
-    def scalars(self, which: str, values: dict[str, float], step: int) -> None:
-        """Write scalars to the train or validation writer."""
+    def scalars(self, values: dict[str, float], step: int) -> None:
+        """Write scalars; each name is a full tag ("train/loss")."""
         if not self.enabled:
             return
-        writer = self.train if which == "train" else self.validation
-        with writer.as_default(step=step):
-            for name, value in values.items():
-                tf.summary.scalar(name, value)
-        writer.flush()
+        with self.writer.as_default(step=step):
+            for tag, value in values.items():
+                tf.summary.scalar(tag, value)
+        self.writer.flush()
 
-    def images(self, images, step: int, max_outputs: int) -> None:
-        """A few uint8 [n, S, S, 1] input images (after augmentation)."""
+    def images(self, images, labels, class_names: list[str], step: int, max_outputs: int) -> None:
+        """Up to `max_outputs` uint8 [n, S, S, 1] input images (after augmentation), one image
+        summary per class so each picture is captioned with its class."""
         if not self.enabled or max_outputs <= 0:
             return
-        with self.train.as_default(step=step):
-            tf.summary.image("input_images", images, max_outputs=max_outputs)
-        self.train.flush()
+        images, labels = images[:max_outputs], [int(label) for label in labels[:max_outputs]]
+        with self.writer.as_default(step=step):
+            for label in sorted(set(labels)):
+                chosen = tf.gather(images, [i for i, got in enumerate(labels) if got == label])
+                name = class_names[label]
+                tf.summary.image(
+                    f"input_images/{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}",
+                    chosen,
+                    max_outputs=max_outputs,
+                    description=f"Training input images (augmented) of class {name}",
+                )
+        self.writer.flush()
 
-    def hparams(self, config: dict) -> None:
-        """Record the run's main hyperparameters (TensorBoard HParams plugin)."""
+    def hparams(self, values: dict[str, Any], phase_count: int) -> None:
+        """Record the run's recipe (TensorBoard HParams plugin), compared by the best
+        validation metrics per phase and overall (`best_metrics`)."""
         if not self.enabled:
             return
         from tensorboard.plugins.hparams import api as hp
 
-        values = {
-            "backbone": config["model"]["backbone"],
-            "image_size": config["data"]["image_size"],
-            "global_batch_size": config["training"]["global_batch_size"],
-            "focal_gamma": config["loss"]["focal_gamma"],
-            "focal_alpha": config["loss"]["focal_alpha"],
-            "phases": len(config["phases"]),
-            "mixed_precision": str(config["distribute"]["mixed_precision"]),
-        }
-        with self.train.as_default():
+        metrics = [hp.Metric(tag) for tag in best_metric_tags(phase_count)]
+        with self.writer.as_default():
+            hp.hparams_config(hparams=[hp.HParam(name) for name in values], metrics=metrics)
             hp.hparams(values)
-        self.train.flush()
+        self.writer.flush()
+
+    def best_metrics(self, phase_rows: list[dict], step: int) -> None:
+        """The best validation accuracy and loss of each phase so far and over all of them
+        (phase state dicts, see trainer.phases); None values (no epoch yet) are skipped."""
+        values = {}
+        for number, row in enumerate(phase_rows, start=1):
+            for metric in ("accuracy", "loss"):
+                best = row.get(f"best_val_{metric}")
+                if best is not None:
+                    values[f"best/phase{number}_validation_{metric}"] = best
+        accuracies = [row["best_val_accuracy"] for row in phase_rows]
+        accuracies = [value for value in accuracies if value is not None]
+        losses = [row.get("best_val_loss") for row in phase_rows]
+        losses = [value for value in losses if value is not None]
+        if accuracies:
+            values["best/validation_accuracy"] = max(accuracies)
+        if losses:
+            values["best/validation_loss"] = min(losses)
+        self.scalars(values, step)

@@ -29,11 +29,15 @@ def get_json(url: str):
 
 
 def scalar_tags_in_event_files(log_dir: Path) -> dict[str, set[str]]:
-    """run -> scalar tags, read from the event files (TF2 summaries are tensors)."""
+    """run -> scalar tags, read from the event files (TF2 summaries are tensors). The run
+    in log_dir itself is named "." (as TensorBoard names it)."""
     from tensorboard.backend.event_processing.event_accumulator import TENSORS, EventAccumulator
 
     tags = {}
-    for run_dir in sorted(path for path in log_dir.iterdir() if path.is_dir()):
+    run_dirs = [log_dir, *sorted(path for path in log_dir.iterdir() if path.is_dir())]
+    for run_dir in run_dirs:
+        if not any(run_dir.glob("events.out.tfevents.*")):
+            continue
         accumulator = EventAccumulator(str(run_dir), size_guidance={TENSORS: 0})
         accumulator.Reload()
         scalars = {
@@ -42,7 +46,7 @@ def scalar_tags_in_event_files(log_dir: Path) -> dict[str, set[str]]:
             if accumulator.SummaryMetadata(tag).plugin_data.plugin_name == "scalars"
         }
         if scalars:
-            tags[run_dir.name] = scalars
+            tags["." if run_dir == log_dir else run_dir.name] = scalars
     return tags
 
 
@@ -84,10 +88,10 @@ def test_tensorboard_serves_the_runs_scalar_tags(tensorboard_url, multiworker_ru
     assert plugins["scalars"]["enabled"] is True
 
     expected = scalar_tags_in_event_files(multiworker_run.job_dir / "tensorboard")
-    assert "loss" in expected.get("train", set())
+    assert {"train/loss", "validation/accuracy", "phase/learning_rate"} <= expected.get(".", set())
     served = get_json(f"{tensorboard_url}/data/plugin/scalars/tags")
     assert {run: set(tags) for run, tags in served.items()} == expected
 
     # The values themselves are served too: one point per logged step.
-    points = get_json(f"{tensorboard_url}/data/plugin/scalars/scalars?run=train&tag=loss")
+    points = get_json(f"{tensorboard_url}/data/plugin/scalars/scalars?run=.&tag=train%2Floss")
     assert points and all(len(point) == 3 for point in points)  # [wall_time, step, value]

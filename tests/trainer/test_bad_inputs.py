@@ -115,10 +115,86 @@ def test_corrupt_shard_is_named(sample_shards_dir, tmp_path, corrupt, problem):
 
 
 @pytest.mark.parametrize("flag", ["--strategy=bogus", "--mixed_precision=fp8"])
-def test_bad_flag_values_are_rejected(flag, tmp_path):
-    with pytest.raises(SystemExit) as exit_info:
-        main(["--data_dir", str(tmp_path), "--job_dir", str(tmp_path / "j"), flag])
-    assert exit_info.value.code == 2
+def test_bad_flag_values_are_rejected(flag, tmp_path, capsys):
+    assert main(["--data_dir", str(tmp_path), "--job_dir", str(tmp_path / "j"), flag]) == 2
+    assert flag.split("=")[0] in _error_line(capsys)
+
+
+def _main_in_fresh_process(argv: list[str]) -> tuple[int, str, bool]:
+    """(exit code, stderr, whether TensorFlow got imported) of `trainer.__main__.main(argv)`
+    in a new interpreter (this one has imported TensorFlow long ago)."""
+    code = (
+        "import json, sys\n"
+        "from trainer.__main__ import main\n"
+        f"exit_code = main({argv!r})\n"
+        "print(json.dumps([exit_code, 'tensorflow' in sys.modules]))\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    exit_code, imported = json.loads(result.stdout.strip().splitlines()[-1])
+    return exit_code, result.stderr, imported
+
+
+def _one_error_line(stderr: str) -> str:
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("bonify-train: error: "), lines
+    return lines[0]
+
+
+def test_missing_data_dir_is_answered_before_tensorflow_is_imported(tmp_path):
+    argv = ["--data_dir", str(tmp_path / "nope"), "--job_dir", str(tmp_path / "j")]
+    exit_code, stderr, imported = _main_in_fresh_process(argv)
+    assert exit_code == 2
+    assert "no such directory" in _one_error_line(stderr)
+    assert not imported
+
+
+def test_unknown_config_key_is_answered_before_tensorflow_is_imported(sample_shards_dir, tmp_path):
+    argv = ["--data_dir", str(sample_shards_dir), "--job_dir", str(tmp_path / "j")]
+    exit_code, stderr, imported = _main_in_fresh_process([*argv, "--set", "training.epochz=3"])
+    assert exit_code == 2
+    assert "training.epochz" in _one_error_line(stderr)
+    assert not imported
+
+
+def test_missing_weights_file_is_answered_before_tensorflow_is_imported(
+    sample_shards_dir, tmp_path
+):
+    argv = ["--data_dir", str(sample_shards_dir), "--job_dir", str(tmp_path / "j"), *TINY]
+    weights = tmp_path / "missing.weights.h5"
+    exit_code, stderr, imported = _main_in_fresh_process(
+        [*argv, "--set", f"model.weights={weights}"]
+    )
+    assert exit_code == 2
+    assert f"{weights}: no such file" in _one_error_line(stderr)
+    assert not imported
+
+
+def test_finished_job_is_answered_before_tensorflow_is_imported(sample_shards_dir, tmp_path):
+    job = tmp_path / "j"
+    job.mkdir()
+    row = {"name": "one", "epochs_completed": 2, "best_val_accuracy": 0.5, "stopped_early": False}
+    (job / "training_state.json").write_text(json.dumps({"completed": True, "phases": [row]}))
+    code = (
+        "import sys\n"
+        "from trainer.__main__ import main\n"
+        f"assert main(['--data_dir', {str(sample_shards_dir)!r}, '--job_dir', {str(job)!r}, "
+        f"*{TINY!r}]) == 0\n"
+        "assert 'tensorflow' not in sys.modules\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)),
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    first, *rest = result.stdout.strip().splitlines()
+    assert first == f"{job} is already finished (training_state.json says completed): " \
+        "nothing to train; use a new --job_dir to train again"  # fmt: skip
+    assert "Training summary" in rest
 
 
 def test_corrupt_weights_file(sample_shards_dir, tmp_path, capsys):

@@ -61,3 +61,37 @@ def test_state_is_not_mutated_and_is_json_serialisable():
     before = json.dumps(state)
     after_epoch(state, phase, {"val_loss": 1.0, "val_accuracy": 0.5})
     assert json.dumps(state) == before
+
+
+def test_best_val_loss_is_the_lowest_so_far_and_decides_nothing():
+    phase = _phase()
+    state, _ = _run(phase, [1.0, 0.5, 0.7], [0.1, 0.2, 0.3])
+    assert state["best_val_loss"] == 0.5
+    assert state["best_epoch"] == 3  # still by validation accuracy
+
+
+def _run_state(**fields):
+    from trainer.phases import RunState
+
+    phases = [new_phase_state(_phase()) for _ in range(2)]
+    return RunState(precision="off", phases=phases, **fields)
+
+
+def test_run_state_survives_its_json_round_trip():
+    from trainer.phases import RunState
+
+    state = _run_state(phase=1, epoch=2, step=5, global_step=40, epoch_sums={"count": 8.0})
+    state.history.append({"phase": 2, "epoch": 2})
+    assert RunState.from_json(state.to_json()) == state
+
+
+def test_run_state_position_numbers_phases_epochs_and_steps_as_people_read_them():
+    steps = 10
+    # 1-based phase and epoch; S steps of that epoch done.
+    assert _run_state(phase=0, epoch=0, step=0).position(steps) == (1, 1, 0)
+    assert _run_state(phase=0, epoch=1, step=4).position(steps) == (1, 2, 4)
+    # At an epoch's end: the epoch just finished, all of its steps done.
+    assert _run_state(phase=1, epoch=3, step=0).position(steps) == (2, 3, 10)
+    finished = _run_state(phase=2, completed=True)
+    finished.phases[-1]["epochs_completed"] = 4
+    assert finished.position(steps) == (2, 4, 10)
