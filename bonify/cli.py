@@ -95,24 +95,39 @@ def startup_noise(line: str) -> bool:
     return bool(_STARTUP_NOISE.search(line))
 
 
-class _QuietTensorFlowImport(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """Wraps the first `import tensorflow` (wherever it happens) in `_stderr_filtered`."""
+class _QuietTensorFlowImport(importlib.abc.MetaPathFinder):
+    """Wraps the first `import tensorflow` (wherever it happens) in `_StderrFiltered`.
+
+    Libraries also look TensorFlow up without importing it (`importlib.util.find_spec`), so
+    the finder stays installed until the module is really executed.
+    """
+
+    def __init__(self):
+        self._searching = False
 
     def find_spec(self, fullname, path=None, target=None):
-        if fullname != "tensorflow":
+        if fullname != "tensorflow" or self._searching:
             return None
-        sys.meta_path.remove(self)  # once: TensorFlow's own submodules import normally
-        spec = importlib.util.find_spec(fullname)
-        if spec is None or spec.loader is None:
-            return spec
-        self._loader = spec.loader
-        spec.loader = self
+        self._searching = True  # the lookup below asks the finders again, this one included
+        try:
+            spec = importlib.util.find_spec(fullname)
+        finally:
+            self._searching = False
+        if spec is not None and spec.loader is not None:
+            spec.loader = _QuietLoader(spec.loader, self)
         return spec
+
+
+class _QuietLoader(importlib.abc.Loader):
+    def __init__(self, loader, finder: _QuietTensorFlowImport):
+        self._loader, self._finder = loader, finder
 
     def create_module(self, spec):
         return self._loader.create_module(spec)
 
     def exec_module(self, module):
+        if self._finder in sys.meta_path:
+            sys.meta_path.remove(self._finder)  # once: later imports find the module loaded
         with _StderrFiltered():
             self._loader.exec_module(module)
             # Device discovery prints the cuInit line: do it now, inside the filter.

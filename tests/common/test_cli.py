@@ -82,6 +82,19 @@ def test_a_command_prints_no_tensorflow_startup_lines_but_keeps_real_warnings():
     assert "a warning that matters" in result.stderr
 
 
+def test_a_lookup_before_the_import_does_not_unmute_it():
+    # Beam and TFDS look TensorFlow up (find_spec) before anything imports it.
+    lookup_first = _COMMAND_IMPORTING_TF.replace(
+        "def main(argv):\n",
+        "def main(argv):\n    import importlib.util\n"
+        "    assert importlib.util.find_spec('tensorflow') is not None\n",
+    )
+    result = _run_python(lookup_first)
+    assert result.returncode == 0, result.stderr
+    assert "absl::InitializeLog" not in result.stderr
+    assert "cuInit" not in result.stderr
+
+
 def test_bonify_tf_logs_brings_the_startup_lines_back():
     result = _run_python(_COMMAND_IMPORTING_TF, BONIFY_TF_LOGS="1")
     assert result.returncode == 0, result.stderr
