@@ -21,14 +21,19 @@ import pathlib
 import re
 import signal
 import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
-RUN_TIMEOUT = 240  # seconds; a hung run fails the test instead of blocking the suite
+from tests.support.trainer_runs import (
+    REPO_ROOT,
+    RUN_TIMEOUT,
+    final_weights,
+    run_trainer,
+    stage_env,
+    trainer_command,
+)
 
 # 3 steps per epoch. min_delta 1.0 on val_loss can never be met, so the plateau and the stop
 # are decided by the patience alone, whatever the losses are:
@@ -60,24 +65,8 @@ phases:
 KILL_POINTS = [(1, 3, 1), (1, 6, 1), (2, 9, 1), (2, 12, 0), (3, 15, 1)]
 
 
-def _env() -> dict:
-    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
-    env.pop("TF_CONFIG", None)
-    return env
-
-
-def _command(shards, job, config) -> list[str]:
-    return [
-        sys.executable, "-m", "trainer", "--data_dir", str(shards), "--job_dir", str(job),
-        "--config", str(config),
-    ]  # fmt: skip
-
-
 def _run_to_the_end(shards, job, config) -> subprocess.CompletedProcess:
-    result = subprocess.run(
-        _command(shards, job, config), cwd=REPO_ROOT, env=_env(),
-        capture_output=True, text=True, timeout=RUN_TIMEOUT,
-    )  # fmt: skip
+    result = run_trainer(shards, job, config)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
@@ -108,7 +97,7 @@ def _kill_at(shards, job, config, phase: int, global_step: int, further_saves: i
     """Start the trainer and SIGKILL it at a kill point (see the module docstring); returns
     the training state the killed run left behind."""
     process = subprocess.Popen(
-        _command(shards, job, config), cwd=REPO_ROOT, env=_env(),
+        trainer_command(shards, job, config), cwd=REPO_ROOT, env=stage_env(),
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     deadline = time.time() + RUN_TIMEOUT
@@ -130,12 +119,6 @@ def _kill_at(shards, job, config, phase: int, global_step: int, further_saves: i
             os.kill(process.pid, signal.SIGKILL)
             process.wait(timeout=30)
     return _training_state(job)
-
-
-def _final_weights(job) -> list[np.ndarray]:
-    import keras
-
-    return [np.asarray(w) for w in keras.saving.load_model(job / "model" / "final.keras").weights]
 
 
 @pytest.fixture(scope="module")
@@ -187,7 +170,7 @@ def test_kill_9_in_every_phase_then_resume_matches_the_uninterrupted_run(
     assert _training_state(job) == _training_state(uninterrupted_job)
     history = (job / "history.json").read_text()
     assert history == (uninterrupted_job / "history.json").read_text()
-    resumed, uninterrupted = _final_weights(job), _final_weights(uninterrupted_job)
+    resumed, uninterrupted = final_weights(job), final_weights(uninterrupted_job)
     assert len(resumed) == len(uninterrupted)
     for left, right in zip(resumed, uninterrupted, strict=True):
         np.testing.assert_array_equal(left, right)

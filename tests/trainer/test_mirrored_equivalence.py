@@ -24,15 +24,12 @@ What the config turns off, and why:
 from __future__ import annotations
 
 import json
-import os
-import pathlib
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
+from tests.support.trainer_runs import run_trainer
 
 BN_FREE_TRAINING_CONFIG = """
 model: {backbone: small_cnn, weights: none, small_cnn_width: 4, head_units: [], head_dropout: []}
@@ -49,12 +46,7 @@ phases:
 
 
 def _train(shards, job, config, *flags: str) -> subprocess.CompletedProcess:
-    result = subprocess.run(
-        [sys.executable, "-m", "trainer", "--data_dir", str(shards), "--job_dir", str(job),
-         "--config", str(config), *flags],
-        cwd=REPO_ROOT, env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)),
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    result = run_trainer(shards, job, config, *flags)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 

@@ -7,18 +7,16 @@ stdout piped, as in a pod or CI, and `training.verbose` left at its default (aut
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import re
-import subprocess
-import sys
 
 import pytest
+
+from tests.support.trainer_runs import run_trainer
 
 #: Every test here needs a whole training run in a subprocess: left out of `make test-fast`.
 pytestmark = pytest.mark.slow
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 CONFIG = """
 model: {backbone: small_cnn, weights: none, small_cnn_width: 4, head_units: [16],
@@ -42,16 +40,6 @@ EPOCH_LINE = re.compile(
 )
 
 
-def _run(shards, job, config, *extra) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
-    env.pop("TF_CONFIG", None)
-    return subprocess.run(
-        [sys.executable, "-m", "trainer", "--data_dir", str(shards), "--job_dir", str(job),
-         "--config", str(config), *extra],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=240,
-    )  # fmt: skip
-
-
 @pytest.fixture(scope="module")
 def config_file(tmp_path_factory) -> pathlib.Path:
     path = tmp_path_factory.mktemp("config") / "logs.yaml"
@@ -63,7 +51,7 @@ def config_file(tmp_path_factory) -> pathlib.Path:
 def piped_run(tmp_path_factory, sample_shards_dir, config_file):
     """(job dir, stdout) of the run with stdout piped."""
     job = tmp_path_factory.mktemp("piped") / "job"
-    result = _run(sample_shards_dir, job, config_file)
+    result = run_trainer(sample_shards_dir, job, config_file)
     assert result.returncode == 0, result.stderr[-3000:]
     return job, result.stdout
 
@@ -120,7 +108,7 @@ def test_progress_bar_ends_on_the_values_of_the_epoch_line(
     sample_shards_dir, config_file, tmp_path
 ):
     """verbose 1 forces the bar even when piped; its last values are the epoch's means."""
-    result = _run(
+    result = run_trainer(
         sample_shards_dir, tmp_path / "job", config_file,
         "--set", "training.verbose=1", "--set", "phases=[{epochs: 1}]",
     )  # fmt: skip

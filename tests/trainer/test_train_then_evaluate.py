@@ -8,15 +8,11 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import pathlib
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
+from tests.support.trainer_runs import run_python
 
 # The smallest real run: a tiny CNN, one phase of one short epoch (the numbers do not matter
 # here, only that the trainer's own output is what the evaluator reads).
@@ -32,17 +28,6 @@ phases:
 """
 
 
-def _run(*command: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, *command],
-        cwd=REPO_ROOT,
-        env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
 @pytest.mark.slow
 def test_evaluator_scores_every_test_image_with_the_model_the_trainer_wrote(
     sample_shards_dir, tmp_path
@@ -50,7 +35,7 @@ def test_evaluator_scores_every_test_image_with_the_model_the_trainer_wrote(
     config = tmp_path / "short.yaml"
     config.write_text(SHORT_RUN_CONFIG)
     job, evaluation = tmp_path / "job", tmp_path / "eval"
-    trained = _run(
+    trained = run_python(
         "-m", "trainer", "--data_dir", str(sample_shards_dir), "--job_dir", str(job),
         "--config", str(config),
     )  # fmt: skip
@@ -58,7 +43,7 @@ def test_evaluator_scores_every_test_image_with_the_model_the_trainer_wrote(
     model = job / "model" / "final.keras"
     assert model.is_file()
 
-    evaluated = _run(
+    evaluated = run_python(
         "-m", "eval", "--model", str(model), "--data_dir", str(sample_shards_dir),
         "--split", "test", "--output_dir", str(evaluation), "--bootstrap_resamples", "0",
     )  # fmt: skip

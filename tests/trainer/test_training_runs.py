@@ -21,11 +21,18 @@ import time
 import numpy as np
 import pytest
 
+from tests.support.trainer_runs import (
+    REPO_ROOT,
+    RUN_TIMEOUT,
+    final_weights,
+    run_trainer,
+    stage_env,
+    trainer_command,
+)
+
 #: Every test here needs whole training runs in subprocesses: left out of `make test-fast`.
 pytestmark = pytest.mark.slow
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
-RUN_TIMEOUT = 240  # seconds; a hung run fails the test instead of blocking the suite
 
 TINY_CONFIG = """
 model: {backbone: small_cnn, weights: none, small_cnn_width: 4, head_units: [16],
@@ -39,38 +46,6 @@ phases:
   - {name: two, trainable: all, learning_rate: 0.001, epochs: 1}
   - {name: three, trainable: all, learning_rate: 0.0005, epochs: 2, class_weights: false}
 """
-
-
-def _env(extra: dict | None = None) -> dict:
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO_ROOT))
-    env.pop("TF_CONFIG", None)
-    env.update(extra or {})
-    return env
-
-
-def _command(shards, job, config, *extra) -> list[str]:
-    return [
-        sys.executable, "-m", "trainer", "--data_dir", str(shards), "--job_dir", str(job),
-        "--config", str(config), *extra,
-    ]  # fmt: skip
-
-
-def run_trainer(shards, job, config, *extra, env=None) -> subprocess.CompletedProcess:
-    """Run the trainer to the end (bounded by RUN_TIMEOUT)."""
-    return subprocess.run(
-        _command(shards, job, config, *extra),
-        cwd=REPO_ROOT,
-        env=_env(env),
-        capture_output=True,
-        text=True,
-        timeout=RUN_TIMEOUT,
-    )
-
-
-def final_weights(job) -> list[np.ndarray]:
-    import keras
-
-    return [np.asarray(w) for w in keras.saving.load_model(job / "model" / "final.keras").weights]
 
 
 def epochs_per_phase(job) -> list[int]:
@@ -144,7 +119,7 @@ def test_final_keras_loads_without_importing_trainer(reference_job):
         "print(m.inputs[0].dtype, p.dtype, p.shape, round(float(p.sum()), 3))\n"
     )
     result = subprocess.run(
-        [sys.executable, "-c", code], cwd="/", env=_env({"PYTHONPATH": ""}),
+        [sys.executable, "-c", code], cwd="/", env=stage_env({"PYTHONPATH": ""}),
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
@@ -217,7 +192,7 @@ def test_sigterm_saves_exits_143_and_rerun_finishes_identically(
     flags = MIRRORED if strategy == "mirrored" else ()
     job = tmp_path / "job"
     process = subprocess.Popen(
-        _command(sample_shards_dir, job, tiny_config, *flags), cwd=REPO_ROOT, env=_env(),
+        trainer_command(sample_shards_dir, job, tiny_config, *flags), cwd=REPO_ROOT, env=stage_env(),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
@@ -258,8 +233,8 @@ def test_ctrl_c_saves_exits_130_and_rerun_finishes_like_uninterrupted(
     progress bar (verbose 1), the line still starts a line of its own."""
     job = tmp_path / "job"
     process = subprocess.Popen(
-        _command(sample_shards_dir, job, tiny_config, "--set", "training.verbose=1"),
-        cwd=REPO_ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        trainer_command(sample_shards_dir, job, tiny_config, "--set", "training.verbose=1"),
+        cwd=REPO_ROOT, env=stage_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
         deadline = time.time() + 120
@@ -332,9 +307,9 @@ def _start_workers(shards, job, config) -> list[subprocess.Popen]:
         tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
         processes.append(
             subprocess.Popen(
-                _command(shards, job, config, "--strategy", "multi_worker"),
+                trainer_command(shards, job, config, "--strategy", "multi_worker"),
                 cwd=REPO_ROOT,
-                env=_env({"TF_CONFIG": tf_config}),
+                env=stage_env({"TF_CONFIG": tf_config}),
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,
