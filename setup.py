@@ -29,6 +29,7 @@ INSTALL_REQUIRES = [
     "matplotlib>=3.9,<3.12",
     "pillow>=10.0,<13",
     "pyyaml>=6.0,<7",
+    "pydicom==3.0.*",
 ]
 
 EXTRAS_REQUIRE = {
@@ -52,7 +53,7 @@ setup(
     long_description=(HERE / "README.md").read_text() if (HERE / "README.md").exists() else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.10,<3.14",
-    packages=find_packages(include=["bonify*", "beam_preprocess*", "trainer*", "eval*"]),
+    packages=find_packages(include=["bonify*", "beam_preprocess*", "trainer*", "eval*", "serve*"]),
     package_data={"trainer": ["configs/*.yaml"]},
     include_package_data=True,
     install_requires=INSTALL_REQUIRES,
@@ -63,6 +64,7 @@ setup(
             "bonify-sample=bonify.sample:console_main",
             "bonify-train=trainer.__main__:console_main",
             "bonify-eval=eval.__main__:console_main",
+            "bonify-predict=serve.predict:console_main",
         ]
     },
 )

@@ -17,6 +17,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import NamedTuple
 
+from bonify.images import IMAGE_REJECTION_REASONS
 from bonify.vocabulary import (
     IMAGE_PATHS_CSV,
     LABELED_STUDIES_CSV,
@@ -42,10 +43,8 @@ REASONS: dict[str, str] = {
     # file level (transform.py, pipeline.py)
     "missing_file": "the CSV lists a file that does not exist",
     "unreadable_file": "the file exists but could not be read",
-    "empty_file": "the file has 0 bytes",
-    "not_an_image": "the file is not in an image format Pillow knows (e.g. a macOS ._image1.png)",
-    "truncated_image": "the image file ends early",
-    "undecodable_image": "the image header is valid but the pixels cannot be decoded",
+    # image level (bonify.images, shared with bonify-predict)
+    **IMAGE_REJECTION_REASONS,
 }
 
 #: Kinds of rejection: an image row (counted in `rejected`) or a label row of a study.

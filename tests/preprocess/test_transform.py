@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
+import json
+import shutil
 
 import numpy as np
 import pytest
@@ -16,6 +19,12 @@ from beam_preprocess.transform import (
     process_image,
     resize_square,
 )
+from bonify.images import to_model_input
+from bonify.vocabulary import REJECTED_FILE
+from tests.support.image_files import bomb_png
+from tests.support.image_files import smooth as noisy
+
+from .conftest import csv_image_rows, read_records, run_job
 
 
 def gradient(height: int = 120, width: int = 80) -> np.ndarray:
@@ -152,3 +161,67 @@ def test_process_image_reports_sizes_and_source_hash():
     assert (processed.original_height, processed.original_width) == (120, 80)
     assert processed.sha256 == hashlib.sha256(data).hexdigest()
     assert np.asarray(Image.open(io.BytesIO(processed.encoded))).shape == (48, 48)
+
+
+# --- the Beam job writes exactly bonify.images.to_model_input -----------------------------
+
+JOB_IMAGE_SIZE = 64
+
+
+def _rgb(height: int, width: int) -> np.ndarray:
+    return np.dstack([noisy(height, width, seed) for seed in range(3)])
+
+
+#: Replacement files for listed images: every pixel mode and extreme aspect ratios.
+ODD_IMAGES = {
+    "sixteen_bit": lambda: png_bytes(Image.fromarray(noisy(90, 60).astype(np.uint16) * 200 + 7)),
+    "rgb": lambda: png_bytes(Image.fromarray(_rgb(90, 130))),
+    "rgba": lambda: png_bytes(Image.fromarray(np.dstack([_rgb(90, 60), noisy(90, 60, 9)]))),
+    "palette": lambda: png_bytes(Image.fromarray(_rgb(70, 100)).convert("P")),
+    "tall_1_to_4": lambda: png_bytes(Image.fromarray(noisy(240, 60))),
+    "wide_4_to_1": lambda: png_bytes(Image.fromarray(noisy(50, 200))),
+    "jpeg": lambda: _jpeg_bytes(Image.fromarray(noisy(100, 75))),
+}
+#: Replacement files the job must reject, with their reason.
+REJECTED_IMAGES = {
+    "decompression_bomb": lambda: bomb_png(30_000, 30_000),
+    "too_small": lambda: png_bytes(Image.fromarray(noisy(20, 64))),
+}
+
+
+@pytest.fixture(scope="module")
+def odd_images_run(sample_dataset_dir, tmp_path_factory):
+    """One Beam run over a copy of the sample tree in which some listed images are replaced
+    by ODD_IMAGES and REJECTED_IMAGES; returns (root, output dir, name -> relative path)."""
+    root = tmp_path_factory.mktemp("odd_images") / "input"
+    shutil.copytree(sample_dataset_dir, root)
+    rows = csv_image_rows(root / "MURA-v1.1")
+    replaced = {}
+    replacements = {**ODD_IMAGES, **REJECTED_IMAGES}
+    for row, (name, make) in zip(rows[: len(replacements)], replacements.items(), strict=True):
+        (root / row).write_bytes(make())
+        replaced[name] = row
+    out = tmp_path_factory.mktemp("odd_images_out")
+    with contextlib.redirect_stdout(io.StringIO()):
+        code = run_job(["--input_dir", root, "--output_dir", out, "--image_size", JOB_IMAGE_SIZE])
+    assert code == 0
+    return root, out, replaced
+
+
+def test_every_record_is_bit_identical_to_to_model_input_of_its_file(odd_images_run):
+    root, out, replaced = odd_images_run
+    records = read_records(out)
+    written = {record["path"] for record in records}
+    assert set(replaced[name] for name in ODD_IMAGES) <= written  # the odd ones are in
+    for record in records:
+        stored = np.asarray(Image.open(io.BytesIO(record["image"])))
+        expected = to_model_input((root / record["path"]).read_bytes(), JOB_IMAGE_SIZE, "pad")
+        assert np.array_equal(stored, expected), record["path"]
+
+
+def test_the_job_rejects_a_bomb_and_a_tiny_image_with_the_shared_reasons(odd_images_run):
+    _, out, replaced = odd_images_run
+    rejected = [json.loads(line) for line in (out / REJECTED_FILE).read_text().splitlines()]
+    reasons = {entry["path"]: entry["reason"] for entry in rejected}
+    for reason in REJECTED_IMAGES:
+        assert reasons[replaced[reason]] == reason
