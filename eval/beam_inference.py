@@ -85,16 +85,21 @@ def build_pipeline(pipeline, files: Iterable[str], model_path: str, encoding: st
 
 
 def predict_split_beam(model_path: str, data_dir: str, split: str, batch_size: int,
-                       output_dir: str, beam_args: Sequence[str]) -> Predictions:  # fmt: skip
+                       output_dir: str, beam_args: Sequence[str], image_size: int | None = None,
+                       resize: str | None = None) -> Predictions:  # fmt: skip
     """Run the Beam inference pipeline over `split` and return its Predictions (None for a
-    Dataflow --dry_run=True: the job is built, nothing runs)."""
+    Dataflow --dry_run=True: the job is built, nothing runs). The model's card (or, without
+    one, image_size and resize) must match the shards, as in `eval.predict.predict_split`."""
     import tensorflow as tf
     from apache_beam.options.pipeline_options import PipelineOptions
 
     from bonify.dataflow import is_dry_run
     from bonify.dataset import read_manifest
+    from eval.options import check_model_spec, model_file
     from eval.predict import check_model_input, load_model, split_shards
 
+    model_path = model_file(model_path)
+    check_model_spec(model_path, data_dir, image_size, resize)
     options = PipelineOptions(list(beam_args))
     dry_run = is_dry_run(options)  # the Dataflow checks ran with the flags (eval.options)
     manifest = read_manifest(data_dir)

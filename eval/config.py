@@ -16,12 +16,16 @@ class EvalConfig:
 
     output_dir: str
     predictions: str | None = None  # a predictions CSV (local or gs://)
-    model: str | None = None  # a .keras model (the trainer's JOB/model/final.keras)
+    model: str | None = None  # a .keras model, or a JOB or JOB/model folder (its final.keras)
     data_dir: str | None = None  # the Beam job's output folder (with --model)
     split: str = "test"
     batch_size: int = 64
     bootstrap_resamples: int = 1000
     seed: int = 0
     beam_args: tuple[str, ...] | None = None  # set: run inference as a Beam pipeline
+    # The model's input for a model without a model card (older jobs); with a card, None or
+    # equal to the card's values.
+    image_size: int | None = None
+    resize: str | None = None
     # Progress: 1 a live bar on a terminal, 2 one line at the end (logs, pods, CI), 0 none.
     verbose: int = dataclasses.field(default_factory=lambda: 1 if sys.stdout.isatty() else 2)

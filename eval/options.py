@@ -14,6 +14,14 @@ from collections.abc import Sequence
 
 from bonify.cli import BonifyError, OneLineArgumentParser
 from bonify.dataset import read_manifest
+from bonify.model_card import (
+    RESIZE_MODES,
+    InputSpec,
+    input_spec_for,
+    load_card,
+    resolve_model,
+    spec_mismatch,
+)
 from bonify.vocabulary import SPLITS
 from eval.config import EvalConfig
 from eval.errors import EvalError
@@ -23,9 +31,11 @@ PROGRAM = "bonify-eval"
 DESCRIPTION = """\
 Measure how well a trained MURA model classifies X-rays.
 
-Runs the model (--model, e.g. JOB/model/final.keras) over one split of the shards that
-bonify-preprocess wrote (--data_dir, --split), or scores a saved predictions CSV of any
-model (--predictions). Writes to --output_dir: metrics.json (accuracy, Cohen's kappa, F1,
+Runs the model (--model: a job folder, its model folder or a .keras file) over one split
+of the shards that bonify-preprocess wrote (--data_dir, --split), or scores a saved
+predictions CSV of any model (--predictions). The model's image size and resize mode come
+from its model card (model_card.json beside the .keras file) and must match the shards';
+a model without a card (an older job) needs --image_size and --resize. Writes to --output_dir: metrics.json (accuracy, Cohen's kappa, F1,
 study-level kappa and AUROC per body region, bootstrap confidence intervals), CSV tables,
 PNG figures and one self-contained report.html to open in a browser.
 
@@ -36,6 +46,11 @@ Every path may be local or gs://. Details: docs/EVALUATION.md."""
 EXAMPLES = """\
 # evaluate the trainer's model on the test split
 bonify-eval --model JOB/model/final.keras --data_dir DATA --split test --output_dir EVAL
+# a job folder works too (its model/final.keras and model_card.json)
+bonify-eval --model JOB --data_dir DATA --output_dir EVAL
+# a model from an older bonify, without model_card.json: say how it was trained
+bonify-eval --model old/final.keras --image_size 320 --resize stretch --data_dir DATA \\
+    --output_dir EVAL
 # score a saved predictions file (bonify's own EVAL/predictions.csv or another model's)
 bonify-eval --predictions EVAL/predictions.csv --output_dir EVAL2
 # the same inference as a Beam RunInference pipeline on this machine (offline)
@@ -50,7 +65,10 @@ bonify-eval --model gs://BUCKET/job/model/final.keras --data_dir gs://BUCKET/dat
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineArgumentParser(prog=PROGRAM, description=DESCRIPTION, examples=EXAMPLES)
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--model", help="a Keras 3 .keras model (e.g. JOB/model/final.keras)")
+    source.add_argument(
+        "--model",
+        help="the trained model: JOB, JOB/model or a .keras file (e.g. JOB/model/final.keras)",
+    )
     source.add_argument("--predictions", help="a predictions CSV to evaluate (any model's)")
     parser.add_argument("--data_dir", help="the Beam job's output folder (needed with --model)")
     parser.add_argument(
@@ -67,6 +85,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="bootstrap resamples (over patients) for the 95%% CIs; 0 disables (default 1000)",
     )
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    parser.add_argument(
+        "--image_size",
+        type=int,
+        help="the model's input size, only for a model without model_card.json (older jobs)",
+    )
+    parser.add_argument(
+        "--resize",
+        choices=RESIZE_MODES,
+        help="how the model's training images were resized (pad or stretch), only for a model "
+        "without model_card.json",
+    )
     parser.add_argument(
         "--runner",
         help="run inference as a Beam pipeline on this runner: FnApiRunner (local, offline) "
@@ -89,6 +118,10 @@ def parse_args(argv: Sequence[str] | None) -> EvalConfig:
         raise EvalError("--runner runs model inference; it makes no sense with --predictions")
     if args.batch_size <= 0:
         raise EvalError(f"--batch_size must be positive, got {args.batch_size}")
+    if args.model is None and (args.image_size is not None or args.resize is not None):
+        raise EvalError("--image_size and --resize describe a --model; --predictions needs neither")
+    if args.image_size is not None and args.image_size <= 0:
+        raise EvalError(f"--image_size must be positive, got {args.image_size}")
     if args.bootstrap_resamples < 0:
         raise EvalError(f"--bootstrap_resamples must be >= 0, got {args.bootstrap_resamples}")
     beam_args = None
@@ -106,6 +139,8 @@ def parse_args(argv: Sequence[str] | None) -> EvalConfig:
         bootstrap_resamples=args.bootstrap_resamples,
         seed=args.seed,
         beam_args=beam_args,
+        image_size=args.image_size,
+        resize=args.resize,
     )
 
 
@@ -119,10 +154,11 @@ def check_local_paths(config: EvalConfig) -> None:
     to the readers, which go through tf.io.gfile. TensorFlow-free."""
     model, predictions = config.model, config.predictions
     data_dir, output_dir = config.data_dir, config.output_dir
-    for flag, path in (("--model", model), ("--predictions", predictions)):
-        if path is not None and _is_local(path) and not os.path.isfile(path):
-            what = "is a folder, not a file" if os.path.isdir(path) else "file not found"
-            raise EvalError(f"{flag} {path}: {what}")
+    if model is not None and _is_local(model):
+        model = model_file(model)
+    if predictions is not None and _is_local(predictions) and not os.path.isfile(predictions):
+        what = "is a folder, not a file" if os.path.isdir(predictions) else "file not found"
+        raise EvalError(f"--predictions {predictions}: {what}")
     if data_dir is not None and _is_local(data_dir):
         read_manifest(data_dir)  # the whole manifest is checked here, still without TensorFlow
     if not output_dir.strip():
@@ -138,6 +174,41 @@ def check_local_paths(config: EvalConfig) -> None:
             raise EvalError(f"--output_dir {output_dir}: {existing} is a file, not a folder")
         if not os.access(existing, os.W_OK | os.X_OK):
             raise EvalError(f"--output_dir {output_dir}: no permission to write in {existing}")
+    if model is not None and _is_local(model) and data_dir is not None and _is_local(data_dir):
+        check_model_spec(model, data_dir, config.image_size, config.resize)
+
+
+def model_file(model: str) -> str:
+    """The .keras file of --model (a .keras file, JOB or JOB/model); EvalError naming it.
+    TensorFlow-free for local paths."""
+    try:
+        return resolve_model(model)
+    except BonifyError as error:
+        raise EvalError(f"--model {error}") from None
+
+
+def check_model_spec(
+    model: str, data_dir: str, image_size: int | None = None, resize: str | None = None
+) -> InputSpec:
+    """The input spec of the .keras file `model` (its card, or --image_size/--resize for a
+    model without one), checked against the shards of `data_dir`: EvalError naming both
+    sides when the image size or resize mode differ. TensorFlow-free for local paths."""
+    try:
+        spec = input_spec_for(model, image_size, resize)
+    except BonifyError as error:
+        raise EvalError(f"--model {error}") from None
+    manifest = read_manifest(data_dir)
+    mismatch = spec_mismatch(spec, manifest.image_size, manifest.resize)
+    if mismatch is not None:
+        card = load_card(model)
+        source = card.path if card is not None else "--image_size/--resize"
+        raise EvalError(
+            f"--model {model} takes image_size {spec.image_size}, resize {spec.resize} "
+            f"(from {source}) but --data_dir {data_dir} holds image_size {manifest.image_size}, "
+            f"resize {manifest.resize} ({manifest.path}); evaluate it on shards written with "
+            "the settings it was trained on"
+        )
+    return spec
 
 
 def validate_beam_args(beam_args: Sequence[str]) -> None:

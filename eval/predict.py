@@ -134,9 +134,23 @@ def iterate_predictions(
 
 
 def predict_split(
-    model_path: str, data_dir: str, split: str, batch_size: int, verbose: int = 1
+    model_path: str,
+    data_dir: str,
+    split: str,
+    batch_size: int,
+    verbose: int = 1,
+    image_size: int | None = None,
+    resize: str | None = None,
 ) -> Predictions:
-    """Run the model over every image of `split` and return validated Predictions (shard order)."""
+    """Run the model over every image of `split` and return validated Predictions (shard order).
+
+    model_path: a .keras file, JOB or JOB/model; its model card (or, without one, image_size
+    and resize) must match the shards' image size and resize mode.
+    """
+    from eval.options import check_model_spec, model_file
+
+    model_path = model_file(model_path)
+    check_model_spec(model_path, data_dir, image_size, resize)
     manifest = read_manifest(data_dir)
     files = split_shards(data_dir, split, manifest)
     image_size = manifest.image_size

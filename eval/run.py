@@ -4,6 +4,7 @@ so a failing run never leaves a half-replaced output folder."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -85,13 +86,14 @@ def obtain_predictions(config: EvalConfig) -> Predictions | None:
 
         return predict_split_beam(
             config.model, config.data_dir, config.split, config.batch_size,
-            config.output_dir, config.beam_args,
+            config.output_dir, config.beam_args, config.image_size, config.resize,
         )  # fmt: skip
     from eval.predict import predict_split
 
     return predict_split(
-        config.model, config.data_dir, config.split, config.batch_size, verbose=config.verbose
-    )
+        config.model, config.data_dir, config.split, config.batch_size, verbose=config.verbose,
+        image_size=config.image_size, resize=config.resize,
+    )  # fmt: skip
 
 
 def evaluate(config: EvalConfig) -> dict:
@@ -104,6 +106,11 @@ def evaluate(config: EvalConfig) -> dict:
     from eval.report import render_report, summary_text
 
     _check_output_dir(config.output_dir)
+    if config.model is not None:
+        from eval.options import model_file
+
+        # JOB or JOB/model -> the .keras file, which the provenance then hashes.
+        config = dataclasses.replace(config, model=model_file(config.model))
     predictions = obtain_predictions(config)
     if predictions is None:  # a Dataflow --dry_run: the job was built, nothing ran
         print("dry run on DataflowRunner: job built, nothing submitted or evaluated", flush=True)

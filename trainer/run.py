@@ -694,12 +694,26 @@ class _Trainer:
         if self.chief:
             final = ckpt_lib.join(model_dir, "final.keras")
             ckpt_lib.copy_atomically(best_path, final)
-            export_saved_model(
-                final, ckpt_lib.join(self.job_dir, "export"), self.config["data"]["image_size"]
-            )
+            self._write_model_card(model_dir, state)
+            # After the card: the export reads the image size and resize mode from it.
+            export_saved_model(final, ckpt_lib.join(self.job_dir, "export"))
         state.completed = True
         checkpoint.save(state)
         self._write_state_files(state)
+
+    def _write_model_card(self, model_dir: str, state: RunState) -> None:
+        """JOB/model/model_card.json and .md beside final.keras (see bonify.model_card)."""
+        from bonify.model_card import build_card, write_card
+        from trainer.phases import summary_row
+
+        card = build_card(
+            config=self.config,
+            # The same text run() wrote to JOB/config.yaml, so the card's hash is that file's.
+            config_text=dump_config(self.config),
+            manifest=self.manifest,
+            phase_rows=[summary_row(row) for row in state.phases],
+        )
+        write_card(model_dir, card)
 
 
 def _phase_end_line(phase_index: int, phase: dict, phase_state: dict, restored: bool) -> str:

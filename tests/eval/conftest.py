@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 
@@ -9,7 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bonify.vocabulary import CLASS_NAMES, REGIONS, STUDY_SUFFIXES, label_of
+from bonify.model_card import CARD_FILE
+from bonify.vocabulary import CLASS_NAMES, REGIONS, SCHEMA_VERSION, STUDY_SUFFIXES, label_of
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 SEED_PREDICTIONS_DIR = REPO_ROOT.parent / "shared" / "reference" / "seed_predictions"
@@ -86,6 +88,10 @@ def tiny_model_factory(tmp_path_factory):
         model.fit(images.astype("uint8"), labels, epochs=2, verbose=0)
         path = tmp_path_factory.mktemp("model") / f"tiny_{image_size}.keras"
         model.save(path)
+        # The card the trainer writes beside its models (its input spec is what consumers read).
+        card = {"input_spec": {"image_size": image_size, "resize": "pad",
+                               "class_names": list(CLASS_NAMES), "schema_version": SCHEMA_VERSION}}  # fmt: skip
+        (path.parent / CARD_FILE).write_text(json.dumps(card))
         cache[image_size] = path
         return path
 

@@ -44,7 +44,7 @@ def test_bad_args_in_a_subprocess_give_one_stderr_line():
         ),
         (
             ["--model", ".", "--data_dir", "d", "--output_dir", "o"],
-            "--model .: is a folder, not a file",
+            "--model .: a folder without final.keras or model/final.keras",
         ),
     ],
 )
