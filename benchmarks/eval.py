@@ -29,7 +29,7 @@ import tempfile
 import time
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))
+sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "benchmarks")]
 
 
 def build_model(image_size: int, width: int):
@@ -132,14 +132,9 @@ def main() -> None:
             ),
             "predict on decoded arrays": lambda: time_ceiling(model, images, args.batch_size),
         }
-        # Methods alternate within each repeat, so a busy neighbour on a shared machine
-        # slows all of them alike; the best time of each is kept.
-        timings = {name: [] for name in methods}
-        for _ in range(args.repeats):
-            for name, run in methods.items():
-                timings[name].append(run())
-        results = {name: (runs[0][0], min(seconds for _, seconds in runs))
-                   for name, runs in timings.items()}  # fmt: skip
+        from sample_data import best_of_alternating
+
+        results = best_of_alternating(methods, args.repeats)
     print(f"\ncommand: {' '.join([sys.executable, *sys.argv])}")
     print(f"{args.split} images: {len(images)}, image_size {image_size}, batch {args.batch_size}, "
           f"best of {args.repeats}, {os.cpu_count()} CPUs")  # fmt: skip

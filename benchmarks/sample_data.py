@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pathlib
+from collections.abc import Callable
 
 
 def sample_and_shards(
@@ -21,3 +22,18 @@ def sample_and_shards(
     if preprocess([*argv, "--encoding", encoding, "--overwrite"]) != 0:
         raise SystemExit("preprocessing the benchmark sample failed")
     return str(raw), str(shards)
+
+
+def best_of_alternating(
+    methods: dict[str, Callable[[], tuple[int, float]]], repeats: int
+) -> dict[str, tuple[int, float]]:
+    """Run each method (returning (images, seconds)) `repeats` times, alternating within each
+    repeat so that a busy neighbour on a shared machine slows all of them alike; returns
+    name -> (images, best seconds)."""
+    timings = {name: [] for name in methods}
+    for _ in range(repeats):
+        for name, run in methods.items():
+            timings[name].append(run())
+    return {
+        name: (runs[0][0], min(seconds for _, seconds in runs)) for name, runs in timings.items()
+    }
