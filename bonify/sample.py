@@ -16,6 +16,10 @@ Like the release: patients have 1-3 studies (possibly of different regions), stu
 1-4 images, `valid/` patients are disjoint from `train/` patients, images are 8-bit PNGs
 with a long side of 512 px and a varying short side, mostly grayscale with some RGB/RGBA.
 
+Beside MURA-v1.1/ (outside the release's layout) it writes findings.json: for every abnormal
+image, the [top, left, bottom, right) box in source pixels where its fracture gap or plate was
+drawn, so a model's explanations (Grad-CAM) can be scored against the truth.
+
 Output is deterministic for a given seed: every image is drawn from an RNG seeded by
 (seed, patient, study, image), so the bytes do not depend on generation order.
 The generator writes to a local folder (plain files; it is a data generator, not a stage
@@ -32,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import json
 import math
 import pathlib
 import shutil
@@ -62,6 +67,9 @@ STUDIES_PER_PATIENT_WEIGHTS = (0.7, 0.22, 0.08)  # 1, 2 or 3 studies
 IMAGES_PER_STUDY_WEIGHTS = (0.2, 0.35, 0.3, 0.15)  # 1, 2, 3 or 4 images
 #: Image modes as in the release: mostly grayscale, a minority stored as colour.
 IMAGE_MODE_WEIGHTS = {"L": 0.8, "RGB": 0.12, "RGBA": 0.08}
+#: Written beside MURA-v1.1/: where each abnormal image's finding was drawn, so that a
+#: model's explanations (Grad-CAM) can be checked against the truth.
+FINDINGS_FILE = "findings.json"
 
 
 class SampleError(BonifyError):
@@ -147,6 +155,11 @@ def plan_studies(patients: int, seed: int) -> list[PlannedStudy]:
 # (rotation, scale, shift) and the canvas's own aspect ratio give each image its own look.
 
 
+#: A finding's bounding box: (top, left, bottom, right) in source pixels, bottom/right
+#: exclusive (so the box holds rows top..bottom-1, as a slice does).
+Box = tuple[int, int, int, int]
+
+
 @dataclass(frozen=True)
 class Bone:
     start: tuple[float, float]
@@ -229,6 +242,17 @@ def region_anatomy(region: str, rng: np.random.Generator) -> tuple[list[Bone], l
 
 def draw_radiograph(study: PlannedStudy, image_index: int, seed: int) -> Image.Image:
     """Draw one synthetic radiograph of `study` (an 8-bit image in a MURA-like mode)."""
+    return draw_radiograph_and_finding(study, image_index, seed)[0]
+
+
+def draw_radiograph_and_finding(
+    study: PlannedStudy, image_index: int, seed: int
+) -> tuple[Image.Image, Box | None]:
+    """Draw one synthetic radiograph of `study`, and where its finding is.
+
+    Returns the image and, for an abnormal study, the [top, left, bottom, right) box in the
+    image's pixels that holds everything `draw_defect` drew (None for a normal study).
+    """
     rng = np.random.default_rng(
         [
             seed,
@@ -286,8 +310,10 @@ def draw_radiograph(study: PlannedStudy, image_index: int, seed: int) -> Image.I
         radius = unit * blob.radius
         draw.ellipse([x - radius, y - radius, x + radius, y + radius], fill=cortex - 10)
 
+    finding = None
     if study.defect != "none":
-        draw_defect(draw, study.defect, bones, to_pixels, unit, background, rng)
+        drawn = draw_defect(draw, study.defect, bones, to_pixels, unit, background, rng)
+        finding = clip_box(drawn, height, width)
 
     canvas = canvas.filter(ImageFilter.GaussianBlur(float(rng.uniform(1.0, 2.0))))
     pixels = np.asarray(canvas, dtype=np.float32)
@@ -295,15 +321,32 @@ def draw_radiograph(study: PlannedStudy, image_index: int, seed: int) -> Image.I
     pixels = (pixels - pixels.mean()) * contrast + pixels.mean() + rng.normal(0, 3.5, pixels.shape)
     gray = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), mode="L")
     mode = rng.choice(list(IMAGE_MODE_WEIGHTS), p=list(IMAGE_MODE_WEIGHTS.values()))
-    return gray if mode == "L" else gray.convert(str(mode))
+    return (gray if mode == "L" else gray.convert(str(mode))), finding
 
 
-def draw_defect(draw, defect, bones, to_pixels, unit, background, rng) -> None:
+def clip_box(extent: tuple[float, float, float, float], height: int, width: int) -> Box:
+    """The integer box covering (top, left, bottom, right) floats, clipped to the image."""
+    top, left, bottom, right = extent
+    return (
+        max(0, math.floor(top)),
+        max(0, math.floor(left)),
+        min(height, math.ceil(bottom)),
+        min(width, math.ceil(right)),
+    )
+
+
+def draw_defect(
+    draw, defect, bones, to_pixels, unit, background, rng
+) -> tuple[float, float, float, float]:
     """Draw the abnormality on the longest bone: a displaced fracture gap or a metal plate.
 
     Both are sized in `unit` (about the canvas's mean side) so they stay a few pixels wide
-    after the image is padded and shrunk to 64 px.
+    after the image is padded and shrunk to 64 px. Returns the (top, left, bottom, right)
+    pixel extent of every stroke it drew (each stroke's end points grown by half its width),
+    unclipped. Recording the extent uses no randomness, so the drawing is unchanged by it.
     """
+    extent = [math.inf, math.inf, -math.inf, -math.inf]
+
     bone = max(bones, key=lambda b: math.dist(b.start, b.end))
     where = float(rng.uniform(0.35, 0.65))
     centre = np.add(bone.start, where * np.subtract(bone.end, bone.start))
@@ -312,11 +355,14 @@ def draw_defect(draw, defect, bones, to_pixels, unit, background, rng) -> None:
     normal = np.array([-direction[1], direction[0]])
 
     def line(a, b, fill: int, width_units: float) -> None:
-        draw.line(
-            [to_pixels(tuple(a)), to_pixels(tuple(b))],
-            fill=fill,
-            width=max(4, int(unit * width_units)),
-        )
+        points = [to_pixels(tuple(a)), to_pixels(tuple(b))]
+        stroke_width = max(4, int(unit * width_units))
+        draw.line(points, fill=fill, width=stroke_width)
+        for x, y in points:
+            extent[0] = min(extent[0], y - stroke_width / 2)
+            extent[1] = min(extent[1], x - stroke_width / 2)
+            extent[2] = max(extent[2], y + stroke_width / 2)
+            extent[3] = max(extent[3], x + stroke_width / 2)
 
     if defect == "fracture":
         # A wide dark gap across the bone, slanted and longer than the bone is wide, then the
@@ -347,6 +393,7 @@ def draw_defect(draw, defect, bones, to_pixels, unit, background, rng) -> None:
             screw_centre = centre + along * fraction
             reach = normal * max(bone.width, 0.06) * 1.3
             line(screw_centre - reach, screw_centre + reach + offset, 250, 0.025)
+    return (extent[0], extent[1], extent[2], extent[3])
 
 
 # --- Writing -----------------------------------------------------------------------------
@@ -367,16 +414,18 @@ def generate_sample(
     studies = plan_studies(patients, seed)
     image_lines: dict[str, list[str]] = {folder: [] for folder in vocab.MURA_FOLDERS}
     study_lines: dict[str, list[str]] = {folder: [] for folder in vocab.MURA_FOLDERS}
+    findings: dict[str, list[int]] = {}
     for study in studies:
         study_dir = output_dir / study.relative_dir
         study_dir.mkdir(parents=True, exist_ok=True)
         study_lines[study.folder].append(f"{study.relative_dir},{study.abnormal}")
         for image_index in range(1, study.num_images + 1):
             relative_path = f"{study.relative_dir}image{image_index}.png"
-            draw_radiograph(study, image_index, seed).save(
-                output_dir / relative_path, compress_level=PNG_COMPRESS_LEVEL
-            )
+            image, finding = draw_radiograph_and_finding(study, image_index, seed)
+            image.save(output_dir / relative_path, compress_level=PNG_COMPRESS_LEVEL)
             image_lines[study.folder].append(relative_path)
+            if finding is not None:
+                findings[relative_path] = list(finding)
     for folder in vocab.MURA_FOLDERS:
         (mura_root / folder).mkdir(parents=True, exist_ok=True)
         (mura_root / vocab.IMAGE_PATHS_CSV.format(folder=folder)).write_text(
@@ -385,7 +434,19 @@ def generate_sample(
         (mura_root / vocab.LABELED_STUDIES_CSV.format(folder=folder)).write_text(
             "".join(line + "\n" for line in study_lines[folder])
         )
+    # Beside MURA-v1.1/, not in it: the release has no such file, and a reader of the
+    # MURA layout must see exactly the release's files.
+    (output_dir / FINDINGS_FILE).write_text(json.dumps(findings, indent=1, sort_keys=True) + "\n")
     return mura_root
+
+
+def read_findings(sample_dir: str | pathlib.Path) -> dict[str, Box]:
+    """The findings a sample recorded: {image path relative to `sample_dir` (as in the
+    MURA CSVs): (top, left, bottom, right) box in source pixels} for every abnormal image."""
+    path = pathlib.Path(sample_dir) / FINDINGS_FILE
+    if not path.is_file():
+        raise SampleError(f"{path}: no findings file (write the sample with bonify-sample)")
+    return {name: tuple(box) for name, box in json.loads(path.read_text()).items()}
 
 
 def summarize(studies: Sequence[PlannedStudy]) -> str:
