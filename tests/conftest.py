@@ -54,3 +54,12 @@ def sample_shards_dir(tmp_path_factory, sample_dataset_dir) -> pathlib.Path:
     )
     assert exit_code == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def short_trained_job(tmp_path_factory, sample_shards_dir) -> tuple[pathlib.Path, pathlib.Path]:
+    """(JOB, config file) of the trainer's shortest real run on `sample_shards_dir` (64 px,
+    pad): final.keras, its model card and the state files, as the later stages read them."""
+    from tests.support.trainer_runs import train_short_job
+
+    return train_short_job(sample_shards_dir, tmp_path_factory.mktemp("short_job"))

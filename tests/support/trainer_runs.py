@@ -53,6 +53,33 @@ def run_trainer(shards, job, config, *extra: str, env: dict | None = None):
     return run_python(*trainer_command(shards, job, config, *extra)[1:], env=env)
 
 
+#: The smallest real run: a tiny CNN, two phases of one short epoch each (head only, then
+#: all layers). Its numbers do not matter; what the trainer writes (final.keras, the model
+#: card, the state files) is what the next stage reads.
+SHORT_RUN_CONFIG = """
+model: {backbone: small_cnn, weights: none, small_cnn_width: 4, head_units: [16],
+        head_dropout: [0.1]}
+data: {image_size: 64, shuffle_buffer: 64}
+training: {global_batch_size: 8, steps_per_epoch: 2, validation_steps: 1, verbose: 2,
+           tensorboard_images: 0}
+distribute: {mixed_precision: "off"}
+phases:
+  - {name: head, trainable: head_only, learning_rate: 0.01, epochs: 1}
+  - {name: all, trainable: all, learning_rate: 0.001, epochs: 1}
+"""
+
+
+def train_short_job(shards, folder: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
+    """Run SHORT_RUN_CONFIG on `shards` into folder/job; returns (job, config file)."""
+    config = folder / "short.yaml"
+    config.write_text(SHORT_RUN_CONFIG)
+    job = folder / "job"
+    trained = run_trainer(shards, job, config)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert (job / "model" / "final.keras").is_file()
+    return job, config
+
+
 def final_weights(job: pathlib.Path) -> list[np.ndarray]:
     """The weights of JOB/model/final.keras, in the model's order."""
     import keras

@@ -14,32 +14,13 @@ import pytest
 
 from tests.support.trainer_runs import run_python
 
-# The smallest real run: a tiny CNN, one phase of one short epoch (the numbers do not matter
-# here, only that the trainer's own output is what the evaluator reads).
-SHORT_RUN_CONFIG = """
-model: {backbone: small_cnn, weights: none, small_cnn_width: 4, head_units: [16],
-        head_dropout: [0.1]}
-data: {image_size: 64, shuffle_buffer: 64}
-training: {global_batch_size: 8, steps_per_epoch: 2, validation_steps: 1, verbose: 2,
-           tensorboard_images: 0}
-distribute: {mixed_precision: "off"}
-phases:
-  - {name: only, trainable: all, learning_rate: 0.01, epochs: 1}
-"""
-
 
 @pytest.mark.slow
 def test_evaluator_scores_every_test_image_with_the_model_the_trainer_wrote(
-    sample_shards_dir, tmp_path
+    sample_shards_dir, short_trained_job, tmp_path
 ):
-    config = tmp_path / "short.yaml"
-    config.write_text(SHORT_RUN_CONFIG)
-    job, evaluation = tmp_path / "job", tmp_path / "eval"
-    trained = run_python(
-        "-m", "trainer", "--data_dir", str(sample_shards_dir), "--job_dir", str(job),
-        "--config", str(config),
-    )  # fmt: skip
-    assert trained.returncode == 0, trained.stderr[-3000:]
+    job, _ = short_trained_job
+    evaluation = tmp_path / "eval"
     model = job / "model" / "final.keras"
     assert model.is_file()
 
