@@ -21,7 +21,8 @@ import io
 import time
 from collections.abc import Mapping, Sequence
 
-from bonify.dataset import Manifest, is_url, iterate_records, read_manifest, split_files
+from bonify import files
+from bonify.dataset import Manifest, iterate_records, read_manifest, split_files
 from bonify.vocabulary import CLASS_NAMES, REGIONS, SPLITS, RecordKeys
 
 #: The report's file name in the job's --output_dir.
@@ -343,12 +344,5 @@ def write_data_report(output_dir: str) -> str:
     """Write OUTPUT_DIR/data_report.html from its manifest and shards; returns its path."""
     page = build_data_report(output_dir)
     path = f"{output_dir.rstrip('/')}/{DATA_REPORT_FILE}"
-    if is_url(path):
-        import tensorflow as tf
-
-        with tf.io.gfile.GFile(path, "w") as handle:
-            handle.write(page)
-    else:
-        with open(path, "w", encoding="utf-8") as handle:
-            handle.write(page)
+    files.write_text_atomically(path, page)
     return path

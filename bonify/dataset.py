@@ -14,12 +14,11 @@ code 2) and name the folder, file or key.
 from __future__ import annotations
 
 import dataclasses
-import glob
 import hashlib
 import json
-import os
 from collections.abc import Iterable, Iterator
 
+from bonify import files
 from bonify.cli import BonifyError
 from bonify.vocabulary import (
     IMAGE_ENCODINGS,
@@ -65,23 +64,18 @@ class Manifest:
     sha256: str = ""  # of the manifest.json bytes; empty when built from JSON in memory
 
 
-def is_url(path: str) -> bool:
-    """True for paths such as gs://bucket/dir, which need TensorFlow's (or Beam's) file I/O."""
-    return "://" in path
-
-
 def read_manifest(data_dir: str) -> Manifest:
     """The checked manifest.json of `data_dir` (local or gs://); BonifyError naming the folder,
     file or key when it is missing or not a manifest this bonify can read."""
-    if not _isdir(data_dir):
+    if not files.isdir(data_dir):
         raise BonifyError(
             f"--data_dir {data_dir}: no such directory, so no {MANIFEST_FILE} "
             "(run beam_preprocess first)"
         )
     path = f"{data_dir.rstrip('/')}/{MANIFEST_FILE}"
-    if not _exists(path):
+    if not files.exists(path):
         raise BonifyError(f"--data_dir {data_dir}: no {MANIFEST_FILE} (run beam_preprocess first)")
-    content = _read_bytes(path)
+    content = files.read_bytes(path)
     try:
         raw = json.loads(content.decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as error:
@@ -163,52 +157,10 @@ def split_files(data_dir: str, split: str) -> list[str]:
     """The sorted shard files of `split` in `data_dir` (at least one), as
     `<data_dir>/<shard name>` paths."""
     pattern = f"{data_dir.rstrip('/')}/{shard_pattern(split)}"
-    files = sorted(_glob(data_dir.rstrip("/"), shard_pattern(split)))
-    if not files:
+    shards = sorted(files.glob_names(data_dir.rstrip("/"), shard_pattern(split)))
+    if not shards:
         raise BonifyError(f"--data_dir {data_dir}: split {split!r} has no shards ({pattern})")
-    return files
-
-
-# Local paths use plain Python, so that checking them costs no TensorFlow import (seconds);
-# URLs go through tf.io.gfile, which knows gs://.
-
-
-def _isdir(path: str) -> bool:
-    if is_url(path):
-        import tensorflow as tf
-
-        return tf.io.gfile.isdir(path)
-    return os.path.isdir(path)
-
-
-def _exists(path: str) -> bool:
-    if is_url(path):
-        import tensorflow as tf
-
-        return tf.io.gfile.exists(path)
-    return os.path.exists(path)
-
-
-def _read_bytes(path: str) -> bytes:
-    if is_url(path):
-        import tensorflow as tf
-
-        with tf.io.gfile.GFile(path, "rb") as handle:
-            return handle.read()
-    with open(path, "rb") as handle:
-        return handle.read()
-
-
-def _glob(directory: str, name_pattern: str) -> list[str]:
-    if is_url(directory):
-        import tensorflow as tf
-
-        return tf.io.gfile.glob(f"{directory}/{name_pattern}")
-    # The folder is taken literally (it may hold "[" or "*"); only the file name is a pattern.
-    return [
-        f"{directory}/{os.path.basename(match)}"
-        for match in glob.glob(os.path.join(glob.escape(directory), name_pattern))
-    ]
+    return shards
 
 
 # --- one record: parse and decode -------------------------------------------------------

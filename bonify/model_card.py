@@ -28,9 +28,9 @@ import dataclasses
 import datetime
 import hashlib
 import json
-import os
 
 import bonify
+from bonify import files
 from bonify.cli import BonifyError
 from bonify.images import RESIZE_MODES
 from bonify.vocabulary import CLASS_NAMES, NUM_REGIONS, SCHEMA_VERSION
@@ -80,81 +80,21 @@ class ModelCard:
     path: str
 
 
-# ---- file access: local paths without TensorFlow, gs:// through tf.io.gfile ---------------
-
-
-def _is_url(path: str) -> bool:
-    return "://" in path
-
-
-def _join(directory: str, name: str) -> str:
-    return (
-        f"{directory.rstrip('/')}/{name}" if _is_url(directory) else os.path.join(directory, name)
-    )
-
-
-def _dirname(path: str) -> str:
-    if _is_url(path):
-        return path.rstrip("/").rsplit("/", 1)[0]
-    return os.path.dirname(path) or "."
-
-
-def _isfile(path: str) -> bool:
-    if _is_url(path):
-        import tensorflow as tf
-
-        return tf.io.gfile.exists(path) and not tf.io.gfile.isdir(path)
-    return os.path.isfile(path)
-
-
-def _isdir(path: str) -> bool:
-    if _is_url(path):
-        import tensorflow as tf
-
-        return tf.io.gfile.isdir(path)
-    return os.path.isdir(path)
-
-
-def _read_text(path: str) -> str:
-    if _is_url(path):
-        import tensorflow as tf
-
-        with tf.io.gfile.GFile(path, "r") as handle:
-            return handle.read()
-    with open(path, encoding="utf-8") as handle:
-        return handle.read()
-
-
-def _write_text_atomically(path: str, text: str) -> None:
-    """Temp file beside `path`, then rename: a reader sees the old card or the new, never half."""
-    temp = path + ".tmp"
-    if _is_url(path):
-        import tensorflow as tf
-
-        with tf.io.gfile.GFile(temp, "w") as handle:
-            handle.write(text)
-        tf.io.gfile.rename(temp, path, overwrite=True)
-        return
-    with open(temp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(temp, path)
-
-
-# ---- finding and reading a card -------------------------------------------------------------
-
-
 def resolve_model(path: str) -> str:
     """The .keras file meant by `path`: a .keras file itself, a JOB/model folder (its
     final.keras) or a JOB folder (JOB/model/final.keras). ModelCardError naming `path` when
     there is none."""
     if path.endswith(".keras"):
-        if _isfile(path):
+        if files.isfile(path):
             return path
         raise ModelCardError(f"{path}: file not found")
-    if not _isdir(path):
+    if not files.isdir(path):
         raise ModelCardError(f"{path}: no such file or folder")
-    for candidate in (_join(path, MODEL_FILE), _join(_join(path, MODEL_DIR), MODEL_FILE)):
-        if _isfile(candidate):
+    for candidate in (
+        files.join(path, MODEL_FILE),
+        files.join(files.join(path, MODEL_DIR), MODEL_FILE),
+    ):
+        if files.isfile(candidate):
             return candidate
     raise ModelCardError(
         f"{path}: a folder without {MODEL_FILE} or {MODEL_DIR}/{MODEL_FILE} "
@@ -164,7 +104,7 @@ def resolve_model(path: str) -> str:
 
 def card_path(model_file: str) -> str:
     """Where the card of `model_file` lives: model_card.json in the same folder."""
-    return _join(_dirname(model_file), CARD_FILE)
+    return files.join(files.dirname(model_file), CARD_FILE)
 
 
 def card_from_json(raw: object, path: str) -> ModelCard:
@@ -209,10 +149,10 @@ def load_card(model_file: str) -> ModelCard | None:
     """The card beside `model_file` (a .keras path), or None when it has none (a model from
     an older bonify). ModelCardError when the card exists but cannot be read."""
     path = card_path(model_file)
-    if not _isfile(path):
+    if not files.isfile(path):
         return None
     try:
-        raw = json.loads(_read_text(path))
+        raw = json.loads(files.read_text(path))
     except (ValueError, UnicodeDecodeError) as error:
         raise ModelCardError(f"{path}: not a valid model card (not JSON: {error})") from None
     return card_from_json(raw, path)
@@ -433,8 +373,8 @@ def card_markdown(card: dict) -> str:
 def write_card(model_dir: str, card: dict) -> None:
     """Write `model_card.json` and `model_card.md` into `model_dir` (local or gs://), each
     atomically; the JSON last, so a present JSON always has its Markdown beside it."""
-    card_from_json(card, _join(model_dir, CARD_FILE))  # never write a card no one can read
-    _write_text_atomically(_join(model_dir, CARD_MARKDOWN_FILE), card_markdown(card))
-    _write_text_atomically(
-        _join(model_dir, CARD_FILE), json.dumps(card, indent=2, allow_nan=False) + "\n"
+    card_from_json(card, files.join(model_dir, CARD_FILE))  # never write a card no one can read
+    files.write_text_atomically(files.join(model_dir, CARD_MARKDOWN_FILE), card_markdown(card))
+    files.write_text_atomically(
+        files.join(model_dir, CARD_FILE), json.dumps(card, indent=2, allow_nan=False) + "\n"
     )

@@ -28,14 +28,6 @@ def join(*parts: str) -> str:
     return "/".join([parts[0].rstrip("/")] + [p.strip("/") for p in parts[1:]])
 
 
-def write_text_atomically(path: str, text: str) -> None:
-    """Write to a temp file beside `path`, then rename over it (a kill leaves the old file)."""
-    temp = path + ".tmp"
-    with tf.io.gfile.GFile(temp, "w") as handle:
-        handle.write(text)
-    tf.io.gfile.rename(temp, path, overwrite=True)
-
-
 def copy_atomically(source: str, destination: str) -> None:
     """Copy a file to a temp file beside `destination`, then rename over it (a kill leaves
     the old file or none, never half a file); local paths and gs://."""

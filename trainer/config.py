@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from bonify.dataset import is_url
+from bonify import files
 from trainer.errors import TrainerError
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
@@ -132,27 +132,9 @@ def _load_yaml(text_or_stream: Any) -> Any:
     return yaml.load(text_or_stream, Loader=_ConfigLoader)  # noqa: S506 - a SafeLoader subclass
 
 
-def _exists(path: str) -> bool:
-    if is_url(path):  # gs://...: TensorFlow's file system; local paths need no TF
-        import tensorflow as tf
-
-        return tf.io.gfile.exists(path)
-    return os.path.exists(path)
-
-
-def _read_text(path: str) -> str:
-    if is_url(path):  # gs://...: TensorFlow's file system; local paths need no TF
-        import tensorflow as tf
-
-        with tf.io.gfile.GFile(path) as handle:
-            return handle.read()
-    with open(path, encoding="utf-8") as handle:
-        return handle.read()
-
-
 def resolve_config_path(config: str) -> str:
     """A path, or the bare name of a shipped config (e.g. "sample_cpu")."""
-    if _exists(config):
+    if files.exists(config):
         return config
     shipped = os.path.join(CONFIG_DIR, config if config.endswith(".yaml") else config + ".yaml")
     if os.path.exists(shipped):
@@ -387,7 +369,7 @@ def load_config(config_file: str | None = None, overrides: Sequence[str] = ()) -
     if config_file:
         path = resolve_config_path(config_file)
         try:
-            loaded = _load_yaml(_read_text(path)) or {}
+            loaded = _load_yaml(files.read_text(path)) or {}
         except OSError as error:
             raise TrainerError(f"--config {path}: cannot read it ({error.strerror})") from None
         except yaml.YAMLError as error:
@@ -448,7 +430,7 @@ def resume_conflict(saved: dict, config: dict) -> tuple[str, Any, Any] | None:
 
 def load_saved_config(path: str) -> dict:
     """A job's JOB/config.yaml, as written by `dump_config`."""
-    return _load_yaml(_read_text(path)) or {}
+    return _load_yaml(files.read_text(path)) or {}
 
 
 def dump_config(config: dict, one_key_per_line: bool = False) -> str:

@@ -18,7 +18,8 @@ import sys
 import time
 from collections.abc import Sequence
 
-from bonify.dataset import is_url, read_manifest, split_files
+from bonify import files
+from bonify.dataset import read_manifest, split_files
 from trainer.config import (
     dump_config,
     flag_overrides,
@@ -110,25 +111,7 @@ def _summary_text(phase_rows: list[dict], job_dir: str) -> str:
 def _read_job_state(job_dir: str) -> dict | None:
     """JOB/training_state.json, or None. Local paths are read without TensorFlow."""
     path = f"{job_dir.rstrip('/')}/{STATE_FILE}"
-    if is_url(path):
-        import tensorflow as tf
-
-        if not tf.io.gfile.exists(path):
-            return None
-        with tf.io.gfile.GFile(path) as handle:
-            return json.load(handle)
-    if not os.path.exists(path):
-        return None
-    with open(path, encoding="utf-8") as handle:
-        return json.load(handle)
-
-
-def _weights_file_exists(path: str) -> bool:
-    if is_url(path):
-        import tensorflow as tf
-
-        return tf.io.gfile.exists(path)
-    return os.path.isfile(path)
+    return json.loads(files.read_text(path)) if files.exists(path) else None
 
 
 def resolve_verbose(verbose: int | str, stdout=None) -> int:
@@ -186,7 +169,7 @@ def train(
         print(_summary_text(previous["phases"], job_dir))
         return 0
     weights = config["model"]["weights"]
-    if weights not in ("imagenet", "none") and not _weights_file_exists(weights):
+    if weights not in ("imagenet", "none") and not files.isfile(weights):
         raise TrainerError(f"config key 'model.weights': {weights}: no such file")
     handlers = {number: signal.getsignal(number) for number in (signal.SIGTERM, signal.SIGINT)}
     try:
@@ -281,10 +264,10 @@ class _Trainer:
             "completed": state.completed,
             "phases": [summary_row(row) for row in state.phases],
         }
-        ckpt_lib.write_text_atomically(
+        files.write_text_atomically(
             ckpt_lib.join(self.job_dir, STATE_FILE), json.dumps(public, indent=2)
         )
-        ckpt_lib.write_text_atomically(
+        files.write_text_atomically(
             ckpt_lib.join(self.job_dir, ckpt_lib.HISTORY_FILE),
             json.dumps(state.history, indent=2),
         )
@@ -310,7 +293,7 @@ class _Trainer:
             )
         if self.chief:
             tf.io.gfile.makedirs(self.job_dir)
-            ckpt_lib.write_text_atomically(config_path, dump_config(self.config))
+            files.write_text_atomically(config_path, dump_config(self.config))
             run_values = {
                 "resize": self.manifest.resize,
                 "encoding": self.encoding,
