@@ -32,19 +32,6 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "benchmarks")]
 
 
-def build_model(image_size: int, width: int):
-    import keras
-
-    inputs = keras.Input((image_size, image_size, 1), dtype="uint8")
-    x = keras.layers.Rescaling(1 / 255.0)(inputs)
-    for filters in (width, width * 2, width * 4):
-        x = keras.layers.Conv2D(filters, 3, padding="same", activation="relu")(x)
-        x = keras.layers.MaxPooling2D()(x)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    outputs = keras.layers.Dense(14, activation="softmax", dtype="float32")(x)
-    return keras.Model(inputs, outputs)
-
-
 def make_shards(work: pathlib.Path, patients: int, image_size: int) -> pathlib.Path:
     from beam_preprocess.__main__ import main as preprocess_main
     from bonify.sample import generate_sample
@@ -117,7 +104,9 @@ def main() -> None:
         manifest = read_manifest(str(data_dir))
         files = split_shards(str(data_dir), args.split, manifest)
         image_size, encoding = manifest.image_size, manifest.encoding
-        model = build_model(image_size, args.width)
+        from sample_data import small_classifier
+
+        model = small_classifier(image_size, args.width)
         decoded = simple_dataset(files, encoding, image_size, 256).as_numpy_iterator()
         images = np.concatenate(list(decoded))
         # Warm-up: trace functions and fill caches before any timing.

@@ -35,19 +35,6 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "benchmarks")]
 
 
-def build_model(image_size: int, width: int):
-    import keras
-
-    inputs = keras.Input((image_size, image_size, 1), dtype="uint8")
-    x = keras.layers.Rescaling(1 / 255.0)(inputs)
-    for filters in (width, width * 2, width * 4):
-        x = keras.layers.Conv2D(filters, 3, padding="same", activation="relu")(x)
-        x = keras.layers.MaxPooling2D()(x)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    outputs = keras.layers.Dense(14, activation="softmax", dtype="float32")(x)
-    return keras.Model(inputs, outputs)
-
-
 def time_predict(model_file, image_dir, image_size, batch_size, output) -> tuple[int, float]:
     from serve.predict import main as predict_main
 
@@ -104,7 +91,9 @@ def main() -> None:
             image_dir = work / "raw"
         files = sorted(str(path) for path in image_dir.rglob("*.png"))
         model_file = work / "model.keras"
-        build_model(args.image_size, args.width).save(model_file)
+        from sample_data import small_classifier
+
+        small_classifier(args.image_size, args.width).save(model_file)
         methods = {
             "bonify-predict": lambda: time_predict(
                 model_file, image_dir, args.image_size, args.batch_size, work / "preds.csv"

@@ -37,3 +37,18 @@ def best_of_alternating(
     return {
         name: (runs[0][0], min(seconds for _, seconds in runs)) for name, runs in timings.items()
     }
+
+
+def small_classifier(image_size: int, width: int):
+    """A 3-block conv net taking uint8 [S, S, 1] images to 14 softmax probabilities: enough
+    model for benchmarks whose subject is the data path around it."""
+    import keras
+
+    inputs = keras.Input((image_size, image_size, 1), dtype="uint8")
+    x = keras.layers.Rescaling(1 / 255.0)(inputs)
+    for filters in (width, width * 2, width * 4):
+        x = keras.layers.Conv2D(filters, 3, padding="same", activation="relu")(x)
+        x = keras.layers.MaxPooling2D()(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(14, activation="softmax", dtype="float32")(x)
+    return keras.Model(inputs, outputs)
