@@ -21,7 +21,6 @@ untrained: throughput does not depend on the weights. Run from the repository ro
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pathlib
 import sys
@@ -121,24 +120,13 @@ def main() -> None:
             ),
             "predict on decoded arrays": lambda: time_ceiling(model, images, args.batch_size),
         }
-        from sample_data import best_of_alternating
+        from sample_data import best_of_alternating, print_ratio
 
         results = best_of_alternating(methods, args.repeats)
     print(f"\ncommand: {' '.join([sys.executable, *sys.argv])}")
     print(f"{args.split} images: {len(images)}, image_size {image_size}, batch {args.batch_size}, "
           f"best of {args.repeats}, {os.cpu_count()} CPUs")  # fmt: skip
-    print(f"{'method':<28} {'images':>7} {'seconds':>8} {'images/s':>9}")
-    for name, (count, seconds) in results.items():
-        print(f"{name:<28} {count:>7} {seconds:>8.2f} {count / seconds:>9.1f}")
-    evaluator = results["evaluator"][0] / results["evaluator"][1]
-    bare = results["bare model.predict"][0] / results["bare model.predict"][1]
-    ratio = evaluator / bare
-    print(
-        f"ratio evaluator / bare: {ratio:.3f} (goal >= 0.9: {'met' if ratio >= 0.9 else 'NOT met'})"
-    )
-    print(
-        json.dumps({"evaluator_images_per_s": evaluator, "bare_images_per_s": bare, "ratio": ratio})
-    )
+    print_ratio(results, "evaluator", "bare model.predict", 0.9, "evaluator")
 
 
 if __name__ == "__main__":

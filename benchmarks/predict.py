@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import json
 import os
 import pathlib
 import sys
@@ -104,22 +103,13 @@ def main() -> None:
         }
         for run in methods.values():  # warm-up: TF start, first traces, file cache
             run()
-        from sample_data import best_of_alternating
+        from sample_data import best_of_alternating, print_ratio
 
         results = best_of_alternating(methods, args.repeats)
     print(f"\ncommand: {' '.join([sys.executable, *sys.argv])}")
     print(f"PNG files: {len(files)}, image_size {args.image_size}, batch {args.batch_size}, "
           f"best of {args.repeats}, {os.cpu_count()} CPUs")  # fmt: skip
-    print(f"{'method':<26} {'images':>7} {'seconds':>8} {'images/s':>9}")
-    for name, (count, seconds) in results.items():
-        print(f"{name:<26} {count:>7} {seconds:>8.2f} {count / seconds:>9.1f}")
-    predict = results["bonify-predict"][0] / results["bonify-predict"][1]
-    bare = results["bare PIL loop + predict"][0] / results["bare PIL loop + predict"][1]
-    ratio = predict / bare
-    print(
-        f"ratio predict / bare: {ratio:.3f} (goal >= 1.0: {'met' if ratio >= 1.0 else 'NOT met'})"
-    )
-    print(json.dumps({"predict_images_per_s": predict, "bare_images_per_s": bare, "ratio": ratio}))
+    print_ratio(results, "bonify-predict", "bare PIL loop + predict", 1.0, "predict")
 
 
 if __name__ == "__main__":

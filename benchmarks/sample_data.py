@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pathlib
 from collections.abc import Callable
 
@@ -52,3 +53,20 @@ def small_classifier(image_size: int, width: int):
     x = keras.layers.GlobalAveragePooling2D()(x)
     outputs = keras.layers.Dense(14, activation="softmax", dtype="float32")(x)
     return keras.Model(inputs, outputs)
+
+
+def print_ratio(
+    results: dict[str, tuple[int, float]], subject: str, baseline: str, goal: float, key: str
+) -> None:
+    """Print the methods' images/s, then subject / baseline against `goal`, then one JSON line
+    ({key}_images_per_s, bare_images_per_s, ratio) for scripts that collect results."""
+    width = max(len(name) for name in results) + 2
+    print(f"{'method':<{width}} {'images':>7} {'seconds':>8} {'images/s':>9}")
+    for name, (count, seconds) in results.items():
+        print(f"{name:<{width}} {count:>7} {seconds:>8.2f} {count / seconds:>9.1f}")
+    rate = {name: count / seconds for name, (count, seconds) in results.items()}
+    ratio = rate[subject] / rate[baseline]
+    verdict = "met" if ratio >= goal else "NOT met"
+    print(f"ratio {key} / bare: {ratio:.3f} (goal >= {goal}: {verdict})")
+    print(json.dumps({f"{key}_images_per_s": rate[subject], "bare_images_per_s": rate[baseline],
+                      "ratio": ratio}))  # fmt: skip
