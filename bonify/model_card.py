@@ -15,7 +15,12 @@ flag can make a model see other pixels than it was trained on.
 - `validation`: per phase, the best validation accuracy / loss and their epoch (the rows of
   `JOB/training_state.json`).
 - `threshold`: the operating point for the abnormal call (P(abnormal) >= threshold),
-  DEFAULT_THRESHOLD until a calibration writes another.
+  DEFAULT_THRESHOLD until an operating point is fitted (`threshold_source` says which).
+- `temperature`: the model's probabilities are softmax(log(output) / temperature) (1.0, the
+  outputs as they are, until fitted); whoever reports probabilities applies it
+  (`bonify.study_metrics.apply_temperature`).
+- `operating_point`: how the threshold and temperature were fitted (split, data, kappa at the
+  threshold, Youden's threshold, ECE before/after), or null; `set_operating_point` writes it.
 - `intended_use`, `limitations`.
 
 This module is TensorFlow-free (JSON and Markdown); gs:// paths go through tf.io.gfile,
@@ -28,6 +33,7 @@ import dataclasses
 import datetime
 import hashlib
 import json
+import math
 
 import bonify
 from bonify import files
@@ -39,6 +45,8 @@ CARD_FILE = "model_card.json"
 CARD_MARKDOWN_FILE = "model_card.md"
 #: P(abnormal) at or above which a study or image is called abnormal, until calibrated.
 DEFAULT_THRESHOLD = 0.5
+#: The model's outputs are its probabilities until a temperature is fitted.
+DEFAULT_TEMPERATURE = 1.0
 #: Version of the card's own layout (bumped when a key changes meaning).
 CARD_VERSION = 1
 #: The trainer's final model inside JOB/model/.
@@ -72,12 +80,14 @@ class InputSpec:
 
 @dataclasses.dataclass(frozen=True)
 class ModelCard:
-    """A card read from `path`: its input spec and threshold, typed; `raw` is the whole JSON."""
+    """A card read from `path`: its input spec, threshold and temperature, typed; `raw` is the
+    whole JSON."""
 
     input_spec: InputSpec
     threshold: float
     raw: dict
     path: str
+    temperature: float = DEFAULT_TEMPERATURE
 
 
 def resolve_model(path: str) -> str:
@@ -134,6 +144,17 @@ def card_from_json(raw: object, path: str) -> ModelCard:
         raise invalid("threshold", f"must be a number, got {threshold!r}")
     if not 0.0 <= threshold <= 1.0:
         raise invalid("threshold", f"must be between 0 and 1, got {threshold!r}")
+    temperature = raw.get("temperature", DEFAULT_TEMPERATURE)
+    if (
+        isinstance(temperature, bool)
+        or not isinstance(temperature, (int, float))
+        or not math.isfinite(temperature)
+        or temperature <= 0
+    ):
+        raise invalid("temperature", f"must be a positive number, got {temperature!r}")
+    operating_point = raw.get("operating_point")
+    if operating_point is not None and not isinstance(operating_point, dict):
+        raise invalid("operating_point", "must be a JSON object or null")
     input_spec = InputSpec(
         image_size=image_size,
         resize=resize,
@@ -142,7 +163,13 @@ def card_from_json(raw: object, path: str) -> ModelCard:
         dtype=str(spec.get("dtype", "uint8")),
         channels=int(spec.get("channels", 1)),
     )
-    return ModelCard(input_spec=input_spec, threshold=float(threshold), raw=raw, path=path)
+    return ModelCard(
+        input_spec=input_spec,
+        threshold=float(threshold),
+        raw=raw,
+        path=path,
+        temperature=float(temperature),
+    )
 
 
 def load_card(model_file: str) -> ModelCard | None:
@@ -268,6 +295,8 @@ def build_card(
         "output": "float32 softmax probabilities over input_spec.class_names",
         "threshold": float(threshold),
         "threshold_source": "default" if threshold == DEFAULT_THRESHOLD else "calibration",
+        "temperature": DEFAULT_TEMPERATURE,
+        "operating_point": None,
         "config": {"file": "config.yaml", "sha256": text_sha256(config_text), "values": config},
         "training_data": {
             "manifest": manifest.path,
@@ -296,6 +325,7 @@ def build_card(
                 "epochs_completed": row["epochs_completed"],
                 "best_val_accuracy": row["best_val_accuracy"],
                 "best_val_loss": row.get("best_val_loss"),
+                "best_val_study_kappa": row.get("best_val_study_kappa"),
                 "best_epoch": row["best_epoch"],
             }
             for number, row in enumerate(phase_rows, start=1)
@@ -309,64 +339,91 @@ def _number(value) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
+def _operating_point_lines(fitted: dict | None) -> list[str]:
+    if not fitted:
+        return []
+    on = fitted.get("fitted_on") or {}
+    where = ", ".join(
+        f"{key} {on[key]}" for key in ("split", "data_dir", "n_studies", "n_images") if key in on
+    )
+    return [
+        f"- operating point fitted by {fitted.get('source', 'n/a')} on {where or 'n/a'}: "
+        f"study kappa {_number(fitted.get('kappa_at_threshold'))} at the threshold, Youden's J "
+        f"threshold {_number(fitted.get('youden_threshold'))}, top-1 ECE "
+        f"{_number(fitted.get('ece_before'))} -> {_number(fitted.get('ece_after'))} with the "
+        "temperature"
+    ]
+
+
 def card_markdown(card: dict) -> str:
-    """The readable `model_card.md` of a card's JSON content."""
-    spec = card["input_spec"]
-    data = card["training_data"]
+    """The readable `model_card.md` of a card's JSON content. A section whose key the card
+    lacks (a hand-written card with only `input_spec`) is left out; a missing value is n/a."""
+    spec = {"dtype": "uint8", "channels": 1, "schema_version": SCHEMA_VERSION,
+            "class_names": list(CLASS_NAMES), **card["input_spec"]}  # fmt: skip
     lines = [
         "# Model card",
         "",
-        f"Created {card['created_utc']} by bonify {card['bonify_version']}. "
-        f"Model file: `{card['model_file']}`.",
+        f"Created {card.get('created_utc', 'n/a')} by bonify {card.get('bonify_version', 'n/a')}. "
+        f"Model file: `{card.get('model_file', MODEL_FILE)}`.",
         "",
-        "## Intended use",
-        "",
-        card["intended_use"],
-        "",
+    ]
+    if "intended_use" in card:
+        lines += ["## Intended use", "", card["intended_use"], ""]
+    lines += [
         "## Input",
         "",
         f"- {spec['dtype']} gray images, {spec['image_size']} x {spec['image_size']} x "
         f"{spec['channels']}, made from the source image with resize `{spec['resize']}`",
         f"- record schema version {spec['schema_version']}",
-        f"- output: {card['output']}: {', '.join(spec['class_names'])}",
-        f"- abnormal call: P(abnormal) >= {card['threshold']} ({card['threshold_source']})",
-        "",
-        "## Validation (best epoch per phase)",
-        "",
-        "| phase | name | epochs | best val accuracy | best val loss | best epoch |",
-        "|---|---|---|---|---|---|",
-    ]
-    for row in card["validation"]:
-        lines.append(
-            f"| {row['phase']} | {row['name']} | {row['epochs_completed']} | "
-            f"{_number(row['best_val_accuracy'])} | {_number(row['best_val_loss'])} | "
-            f"{row['best_epoch']} |"
-        )
-    lines += [
-        "",
-        "## Training data",
-        "",
-        f"- manifest: `{data['manifest']}` (sha256 `{data['manifest_sha256']}`)",
-        f"- source: `{data['input_dir']}`; settings: "
-        + ", ".join(f"{key} {value}" for key, value in data["settings"].items()),
-        "",
-        "| split | images | studies | patients |",
-        "|---|---|---|---|",
-    ]
-    for split, info in data["splits"].items():
-        lines.append(f"| {split} | {info['images']} | {info['studies']} | {info['patients']} |")
-    lines += [
-        "",
-        "## Configuration",
-        "",
-        f"`{card['config']['file']}` sha256 `{card['config']['sha256']}` (the resolved config "
-        "is in model_card.json under `config.values`).",
-        "",
-        "## Known limitations",
-        "",
-        *(f"- {item}" for item in card["limitations"]),
+        f"- output: {card.get('output', 'softmax probabilities')}: "
+        f"{', '.join(spec['class_names'])}",
+        f"- abnormal call: P(abnormal) >= {card.get('threshold', DEFAULT_THRESHOLD)} "
+        f"({card.get('threshold_source', 'default')})",
+        f"- probabilities: softmax(log(output) / {card.get('temperature', DEFAULT_TEMPERATURE)})"
+        " (temperature 1: the outputs as they are)",
+        *_operating_point_lines(card.get("operating_point")),
         "",
     ]
+    if "validation" in card:
+        lines += [
+            "## Validation (best epoch per phase)",
+            "",
+            "| phase | name | epochs | best val accuracy | best val loss | best val study kappa "
+            "| best epoch |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for row in card["validation"]:
+            lines.append(
+                f"| {row['phase']} | {row['name']} | {row['epochs_completed']} | "
+                f"{_number(row['best_val_accuracy'])} | {_number(row['best_val_loss'])} | "
+                f"{_number(row.get('best_val_study_kappa'))} | {row['best_epoch']} |"
+            )
+        lines.append("")
+    if "training_data" in card:
+        data = card["training_data"]
+        lines += [
+            "## Training data",
+            "",
+            f"- manifest: `{data['manifest']}` (sha256 `{data['manifest_sha256']}`)",
+            f"- source: `{data['input_dir']}`; settings: "
+            + ", ".join(f"{key} {value}" for key, value in data["settings"].items()),
+            "",
+            "| split | images | studies | patients |",
+            "|---|---|---|---|",
+        ]
+        for split, info in data["splits"].items():
+            lines.append(f"| {split} | {info['images']} | {info['studies']} | {info['patients']} |")
+        lines.append("")
+    if "config" in card:
+        lines += [
+            "## Configuration",
+            "",
+            f"`{card['config']['file']}` sha256 `{card['config']['sha256']}` (the resolved "
+            "config is in model_card.json under `config.values`).",
+            "",
+        ]
+    if "limitations" in card:
+        lines += ["## Known limitations", "", *(f"- {item}" for item in card["limitations"]), ""]
     return "\n".join(lines)
 
 
@@ -378,3 +435,31 @@ def write_card(model_dir: str, card: dict) -> None:
     files.write_text_atomically(
         files.join(model_dir, CARD_FILE), json.dumps(card, indent=2, allow_nan=False) + "\n"
     )
+
+
+def set_operating_point(model_file: str, fitted: dict) -> str:
+    """Write a fitted operating point into the card beside `model_file` (a .keras path).
+
+    fitted: `bonify.study_metrics.fit_operating_point`'s dict plus `source` (who fitted it,
+    e.g. "bonify-eval" or "trainer") and `fitted_on` {"split", "data_dir", "n_studies",
+    "n_images"}; its `threshold` and `temperature` become the card's, `threshold_source`
+    becomes "fitted", and the whole dict its `operating_point`. Rewrites model_card.json and
+    model_card.md atomically and returns the card's path. ModelCardError when the model has
+    no card (nothing is created) or the threshold/temperature are invalid.
+    """
+    card = load_card(model_file)
+    if card is None:
+        raise ModelCardError(
+            f"{model_file} has no {CARD_FILE} beside it (a model from an older bonify): "
+            "there is no card to write the operating point into"
+        )
+    raw = dict(card.raw)
+    raw["threshold"] = fitted.get("threshold")
+    raw["threshold_source"] = "fitted"
+    raw["temperature"] = fitted.get("temperature")
+    raw["operating_point"] = dict(fitted)
+    try:
+        write_card(files.dirname(card.path), raw)
+    except ModelCardError as error:
+        raise ModelCardError(f"operating point not written: {error}") from None
+    return card.path

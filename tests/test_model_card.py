@@ -13,6 +13,7 @@ from bonify.dataset import manifest_from_json
 from bonify.model_card import (
     CARD_FILE,
     CARD_MARKDOWN_FILE,
+    DEFAULT_TEMPERATURE,
     DEFAULT_THRESHOLD,
     InputSpec,
     ModelCardError,
@@ -20,6 +21,7 @@ from bonify.model_card import (
     input_spec_for,
     load_card,
     resolve_model,
+    set_operating_point,
     text_sha256,
     write_card,
 )
@@ -29,6 +31,7 @@ PHASE_ROWS = [
     {"name": "head", "epochs_completed": 2, "best_val_accuracy": 0.5, "best_val_loss": 1.25,
      "best_epoch": 2, "stopped_early": False, "learning_rate": 0.01, "finished": True},
     {"name": "all", "epochs_completed": 3, "best_val_accuracy": 0.75, "best_val_loss": 0.5,
+     "best_val_study_kappa": 0.625,
      "best_epoch": 1, "stopped_early": True, "learning_rate": 0.001, "finished": True},
 ]  # fmt: skip
 
@@ -74,6 +77,8 @@ def test_the_written_card_gives_the_training_input_spec_and_default_threshold(tm
     card = load_card(str(job / "model" / "final.keras"))
     assert card.input_spec == InputSpec(96, "stretch", tuple(CLASS_NAMES), SCHEMA_VERSION)
     assert card.threshold == DEFAULT_THRESHOLD == 0.5
+    assert card.temperature == DEFAULT_TEMPERATURE == 1.0
+    assert card.raw["operating_point"] is None
     assert card.path == str(job / "model" / CARD_FILE)
 
 
@@ -94,7 +99,8 @@ def test_the_markdown_card_is_written_beside_the_json_without_temp_files(tmp_pat
     job = _job_with_card(tmp_path)
     text = (job / "model" / CARD_MARKDOWN_FILE).read_text()
     assert "not a medical device" in text and "P(abnormal) >= 0.5" in text
-    assert "| 2 | all | 3 | 0.7500 | 0.5000 | 1 |" in text
+    assert "| 1 | head | 2 | 0.5000 | 1.2500 | n/a | 2 |" in text  # a row from before issue 11
+    assert "| 2 | all | 3 | 0.7500 | 0.5000 | 0.6250 | 1 |" in text
     assert sorted(p.name for p in (job / "model").iterdir()) == [
         "final.keras", CARD_FILE, CARD_MARKDOWN_FILE
     ]  # fmt: skip
@@ -147,3 +153,63 @@ def test_reading_cards_never_imports_tensorflow(tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["64", "False"]
+
+
+FITTED = {
+    "threshold": 0.42, "temperature": 1.7, "kappa_at_threshold": 0.61,
+    "youden_threshold": 0.38, "youden_j": 0.55, "aggregation": "mean", "ece_before": 0.12,
+    "ece_after": 0.03, "source": "bonify-eval",
+    "fitted_on": {"split": "validation", "data_dir": "data", "n_studies": 9, "n_images": 20},
+}  # fmt: skip
+
+
+def test_set_operating_point_rewrites_the_card_and_its_markdown(tmp_path):
+    model = str(_job_with_card(tmp_path) / "model" / "final.keras")
+    path = set_operating_point(model, FITTED)
+    assert path == str(tmp_path / "job" / "model" / CARD_FILE)
+    card = load_card(model)
+    assert (card.threshold, card.temperature) == (0.42, 1.7)
+    assert card.raw["threshold_source"] == "fitted"
+    assert card.raw["operating_point"] == FITTED
+    assert card.raw["validation"][1]["best_val_accuracy"] == 0.75  # the rest is kept
+    text = (tmp_path / "job" / "model" / CARD_MARKDOWN_FILE).read_text()
+    assert "P(abnormal) >= 0.42 (fitted)" in text and "log(output) / 1.7" in text
+    assert "fitted by bonify-eval on split validation" in text and "0.1200 -> 0.0300" in text
+    assert sorted(p.name for p in (tmp_path / "job" / "model").iterdir()) == [
+        "final.keras", CARD_FILE, CARD_MARKDOWN_FILE
+    ]  # fmt: skip
+
+
+def test_set_operating_point_without_a_card_creates_nothing(tmp_path):
+    (tmp_path / "final.keras").write_bytes(b"weights")
+    with pytest.raises(ModelCardError, match="no model_card.json beside it"):
+        set_operating_point(str(tmp_path / "final.keras"), FITTED)
+    assert [p.name for p in tmp_path.iterdir()] == ["final.keras"]
+
+
+@pytest.mark.parametrize(("key", "value"), [("threshold", 1.5), ("temperature", 0.0),
+                                            ("temperature", -2.0), ("temperature", "hot")])  # fmt: skip
+def test_set_operating_point_refuses_values_no_card_can_hold(tmp_path, key, value):
+    model = str(_job_with_card(tmp_path) / "model" / "final.keras")
+    before = (tmp_path / "job" / "model" / CARD_FILE).read_text()
+    with pytest.raises(ModelCardError, match=f"key '{key}'"):
+        set_operating_point(model, {**FITTED, key: value})
+    assert (tmp_path / "job" / "model" / CARD_FILE).read_text() == before
+
+
+def test_a_card_without_temperature_reads_as_one(tmp_path):
+    job = _job_with_card(tmp_path)
+    raw = json.loads((job / "model" / CARD_FILE).read_text())
+    del raw["temperature"], raw["operating_point"]  # a card from before issue 11
+    (job / "model" / CARD_FILE).write_text(json.dumps(raw))
+    assert load_card(str(job / "model" / "final.keras")).temperature == 1.0
+
+
+def test_set_operating_point_on_a_card_with_only_its_input_spec(tmp_path):
+    (tmp_path / "final.keras").write_bytes(b"weights")
+    spec = {"image_size": 64, "resize": "pad", "class_names": list(CLASS_NAMES)}
+    (tmp_path / CARD_FILE).write_text(json.dumps({"input_spec": spec}))
+    set_operating_point(str(tmp_path / "final.keras"), FITTED)
+    assert load_card(str(tmp_path / "final.keras")).threshold == 0.42
+    text = (tmp_path / CARD_MARKDOWN_FILE).read_text()
+    assert "P(abnormal) >= 0.42 (fitted)" in text and "## Training data" not in text
