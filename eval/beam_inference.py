@@ -3,7 +3,9 @@
 ReadFromTFRecord(split shards) -> decode to uint8 [S, S, 1] -> RunInference with a small
 Keras 3 model handler (Beam's TensorFlow handler needs tensorflow_hub and tf_keras) ->
 JSON lines in a scratch folder under the output folder -> Predictions (then the scratch
-folder is deleted). With --runner=DataflowRunner the same job scales out; the workers
+folder is deleted). Several models (an ensemble) run in the same pipeline, each image decoded
+once; each model's probabilities are kept apart (averaged later, `eval.ensemble`), each
+averaged over the test-time augmentation views (`bonify.tta`). With --runner=DataflowRunner the same job scales out; the workers
 need this package (--setup_file ./setup.py) and gs:// paths.
 """
 
@@ -24,24 +26,34 @@ from eval.predictions import Predictions, make_predictions
 SCRATCH_DIR = ".beam_inference"
 
 
-class KerasModelHandler(ModelHandler):
-    """Loads a `.keras` model with keras.saving.load_model; batches of uint8 [S, S, 1]
-    numpy images -> PredictionResult(inference=float32 [14] probabilities)."""
+class LoadedModels(list):
+    """The loaded models of a handler: a list Beam's shared-model cache can weakly reference
+    (a plain list cannot be)."""
 
-    def __init__(self, model_path: str, max_batch_size: int = 64):
+
+class KerasModelHandler(ModelHandler):
+    """Loads `.keras` models with keras.saving.load_model; batches of uint8 [S, S, 1] numpy
+    images -> PredictionResult(inference=float32 [M, 14]): each of the M models' probabilities
+    (averaged over the TTA views, bonify.tta)."""
+
+    def __init__(self, model_paths: Sequence[str], max_batch_size: int = 64, tta: str = "none"):
         super().__init__()
-        self._model_path = model_path
+        self._model_paths = list(model_paths)
         self._max_batch_size = max_batch_size
+        self._tta = tta
 
     def load_model(self):
         import keras
 
-        return keras.saving.load_model(self._model_path)
+        return LoadedModels(keras.saving.load_model(path) for path in self._model_paths)
 
     def run_inference(self, batch: Sequence[np.ndarray], model, inference_args=None):
-        probs = np.asarray(model.predict_on_batch(np.stack(batch)), dtype=np.float32)
-        # The example is not echoed back: images would only cost memory downstream.
-        return [PredictionResult(None, row) for row in probs]
+        from bonify.tta import predict_on_batch
+
+        images = np.stack(batch)
+        probs = np.stack([predict_on_batch(member, images, self._tta) for member in model], axis=1)
+        # [B, M, 14]. The example is not echoed back: images would only cost memory downstream.
+        return [PredictionResult(None, row.astype(np.float32)) for row in probs]
 
     def batch_elements_kwargs(self):
         return {"min_batch_size": 1, "max_batch_size": self._max_batch_size}
@@ -63,16 +75,16 @@ def decode_record(serialized: bytes, encoding: str, image_size: int):
 
 
 def to_json_line(keyed_result) -> str:
-    """(key, PredictionResult) -> one JSON object per image."""
+    """(key, PredictionResult) -> one JSON object per image ("probs": one list per model)."""
     (path, label, patient_id, study_id), result = keyed_result
     return json.dumps({"path": path, "label": label, "patient_id": patient_id,
-                       "study_id": study_id, "probs": [float(p) for p in result.inference]})  # fmt: skip
+                       "study_id": study_id, "probs": np.asarray(result.inference).tolist()})  # fmt: skip
 
 
-def build_pipeline(pipeline, files: Iterable[str], model_path: str, encoding: str,
-                   image_size: int, batch_size: int, output_prefix: str):  # fmt: skip
+def build_pipeline(pipeline, files: Iterable[str], model_paths: Sequence[str], encoding: str,
+                   image_size: int, batch_size: int, output_prefix: str, tta: str = "none"):  # fmt: skip
     """Add the inference steps to `pipeline`; results go to `output_prefix`-*.jsonl."""
-    handler = KeyedModelHandler(KerasModelHandler(model_path, batch_size))
+    handler = KeyedModelHandler(KerasModelHandler(model_paths, batch_size, tta))
     return (
         pipeline
         | "ShardPaths" >> beam.Create(sorted(files))
@@ -86,10 +98,21 @@ def build_pipeline(pipeline, files: Iterable[str], model_path: str, encoding: st
 
 def predict_split_beam(model_path: str, data_dir: str, split: str, batch_size: int,
                        output_dir: str, beam_args: Sequence[str], image_size: int | None = None,
-                       resize: str | None = None) -> Predictions:  # fmt: skip
+                       resize: str | None = None, tta: str = "none") -> Predictions:  # fmt: skip
     """Run the Beam inference pipeline over `split` and return its Predictions (None for a
     Dataflow --dry_run=True: the job is built, nothing runs). The model's card (or, without
     one, image_size and resize) must match the shards, as in `eval.predict.predict_split`."""
+    members = predict_split_beam_members([model_path], data_dir, split, batch_size, output_dir,
+                                         beam_args, image_size, resize, tta)  # fmt: skip
+    return None if members is None else members[0]
+
+
+def predict_split_beam_members(model_paths: Sequence[str], data_dir: str, split: str,
+                               batch_size: int, output_dir: str, beam_args: Sequence[str],
+                               image_size: int | None = None, resize: str | None = None,
+                               tta: str = "none") -> list[Predictions] | None:  # fmt: skip
+    """`predict_split_beam` for several models (an ensemble's members) in one pipeline: one
+    Predictions per model, in the order given (None after a Dataflow dry run)."""
     import tensorflow as tf
     from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -98,21 +121,23 @@ def predict_split_beam(model_path: str, data_dir: str, split: str, batch_size: i
     from eval.options import check_model_spec, model_file
     from eval.predict import check_model_input, load_model, split_shards
 
-    model_path = model_file(model_path)
-    check_model_spec(model_path, data_dir, image_size, resize)
+    model_paths = [model_file(path) for path in model_paths]
+    for path in model_paths:
+        check_model_spec(path, data_dir, image_size, resize)
     options = PipelineOptions(list(beam_args))
     dry_run = is_dry_run(options)  # the Dataflow checks ran with the flags (eval.options)
     manifest = read_manifest(data_dir)
     files = split_shards(data_dir, split, manifest)
     image_size = manifest.image_size
     # Checked here, before any worker starts, so a wrong model is one clear line.
-    check_model_input(load_model(model_path), image_size, model_path)
+    for path in model_paths:
+        check_model_input(load_model(path), image_size, path)
     scratch = os.path.join(output_dir, SCRATCH_DIR)
     if not dry_run and tf.io.gfile.exists(scratch):
         tf.io.gfile.rmtree(scratch)
     with beam.Pipeline(options=options) as pipeline:
-        build_pipeline(pipeline, files, model_path, manifest.encoding, image_size,
-                       batch_size, os.path.join(scratch, "predictions"))  # fmt: skip
+        build_pipeline(pipeline, files, model_paths, manifest.encoding, image_size,
+                       batch_size, os.path.join(scratch, "predictions"), tta)  # fmt: skip
     if dry_run:
         return None
     rows = []
@@ -122,12 +147,16 @@ def predict_split_beam(model_path: str, data_dir: str, split: str, batch_size: i
     tf.io.gfile.rmtree(scratch)
     if not rows:
         raise EvalError(f"--split {split}: the shards of {data_dir} hold no records")
-    probs = np.asarray([row["probs"] for row in rows], dtype=np.float64)
-    return make_predictions(
-        [row["path"] for row in rows],
-        [row["label"] for row in rows],
-        probs / probs.sum(axis=1, keepdims=True),
-        patient_ids=[row["patient_id"] for row in rows],
-        study_ids=[row["study_id"] for row in rows],
-        source=f"Beam inference of {model_path} on {split}",
-    )
+    probs = np.asarray([row["probs"] for row in rows], dtype=np.float64)  # [N, M, 14]
+    what = f" (tta {tta})" if tta != "none" else ""
+    return [
+        make_predictions(
+            [row["path"] for row in rows],
+            [row["label"] for row in rows],
+            probs[:, member] / probs[:, member].sum(axis=1, keepdims=True),
+            patient_ids=[row["patient_id"] for row in rows],
+            study_ids=[row["study_id"] for row in rows],
+            source=f"Beam inference of {path} on {split}{what}",
+        )
+        for member, path in enumerate(model_paths)
+    ]

@@ -27,5 +27,21 @@ class EvalConfig:
     # equal to the card's values.
     image_size: int | None = None
     resize: str | None = None
+    # An ensemble: the members after the first (`model` or `predictions` is the first, whose
+    # model card gives the operating point); their probabilities are averaged. () for one.
+    other_members: tuple[str, ...] = ()
+    tta: str = "none"  # test-time augmentation of model inference (bonify.tta.TTA_MODES)
+    # The operating point (eval.operating_point): --threshold (None: the card's, else 0.5),
+    # fitting it on the validation split, writing it into the card; --compare's other run.
+    threshold: float | None = None
+    fit_operating_point: bool = False
+    update_model_card: bool = False
+    compare: str | None = None
     # Progress: 1 a live bar on a terminal, 2 one line at the end (logs, pods, CI), 0 none.
     verbose: int = dataclasses.field(default_factory=lambda: 1 if sys.stdout.isatty() else 2)
+
+    @property
+    def members(self) -> tuple[str, ...]:
+        """Every model file (or predictions CSV) evaluated, the first one first."""
+        first = self.model if self.model is not None else self.predictions
+        return (first, *self.other_members)

@@ -35,7 +35,13 @@ FIGURES: dict[str, str] = {
     "reliability_diagram.png": "Reliability diagram (top-1 confidence; images per bin above each bar)",
     "study_roc.png": "Study-level ROC of the abnormality call per region",
     "confused_pairs.png": "Most confused class pairs",
+    "threshold_sweep.png": "Study Cohen's kappa by decision threshold, operating point marked",
+    "kappa_by_views.png": "Study Cohen's kappa by the study's number of images (views)",
 }
+#: The figures shown in report.html's "MURA metric" section rather than with the others.
+MURA_FIGURES = ("threshold_sweep.png", "kappa_by_views.png")
+#: Thresholds at which the sweep evaluates the study call (steps of 0.005).
+SWEEP_THRESHOLDS = np.linspace(0.0, 1.0, 201)
 
 #: One colour per abnormality status, the same in every figure that separates them.
 NORMAL_COLOR = "tab:blue"
@@ -224,6 +230,60 @@ def confused_pairs(metrics: dict) -> Figure:
     return figure
 
 
+def threshold_sweep(metrics: dict, studies) -> Figure:
+    from bonify.study_metrics import kappa_at_thresholds
+
+    figure, axes = plt.subplots(figsize=(8, 4.5))
+    truth = studies["true_abnormal"].to_numpy().astype(np.int64)
+    curves = (("p_abnormal", "mean of the images (MURA's rule)", {"color": "black", "linewidth": 2}),
+              ("p_abnormal_max", "max of the images", {"color": "tab:purple"}))  # fmt: skip
+    for column, label, style in curves:
+        # NaN where the call is all one class (kappa 0/0): the curve breaks there.
+        kappas = kappa_at_thresholds(truth, studies[column].to_numpy(), SWEEP_THRESHOLDS)
+        axes.plot(SWEEP_THRESHOLDS, kappas, label=f"study P(abnormal) = {label}", **style)
+    axes.axvline(0.5, color="gray", linestyle=":", label="threshold 0.5")
+    point = metrics.get("operating_point")
+    if point is not None:
+        kappa = metrics["study_level"].get("at_operating_point", {}).get("kappa")
+        axes.axvline(point["threshold"], color="tab:red", linestyle="--",
+                     label=f"operating point {point['threshold']:.3f} ({point['source']})")  # fmt: skip
+        if kappa is not None:
+            axes.plot([point["threshold"]], [kappa], "o", color="tab:red")
+        fitted = point.get("fitted")
+        if fitted is not None and fitted.get("threshold") is not None:
+            axes.axvline(fitted["threshold"], color="tab:green", linestyle="-.",
+                         label=f"fitted on this split {fitted['threshold']:.3f}")  # fmt: skip
+    axes.set_xlim(0, 1)
+    axes.set_xlabel("threshold on the study's P(abnormal) (abnormal when >=)")
+    axes.set_ylabel("study Cohen's kappa")
+    axes.legend(loc="lower center", bbox_to_anchor=(0.5, 1.01), ncol=2, frameon=False, fontsize=8)
+    return figure
+
+
+def kappa_by_views(metrics: dict) -> Figure:
+    from bonify.study_metrics import VIEW_GROUPS
+
+    by_views = metrics["study_level"]["by_views"]
+    figure, axes = plt.subplots(figsize=(6.5, 4))
+    values = [by_views[group]["kappa"] for group in VIEW_GROUPS]
+    bars = axes.bar(VIEW_GROUPS, [_value(value) for value in values], color="tab:cyan",
+                    label="study kappa (mean, threshold 0.5)")  # fmt: skip
+    # How many studies each bar stands on, and why a bar is missing.
+    axes.bar_label(bars, labels=[
+        f"{'n/a' if value is None else f'{value:.3f}'}\n{by_views[group]['n_studies']} studies"
+        for group, value in zip(VIEW_GROUPS, values, strict=True)], fontsize=8,
+        padding=3, bbox={"facecolor": "white", "edgecolor": "none", "pad": 1})  # fmt: skip
+    overall = metrics["study_level"]["kappa"]
+    if overall is not None:
+        axes.axhline(overall, color="gray", linestyle="--", label=f"all studies ({overall:.3f})")
+    axes.set_ylim(min(0.0, *[_value(value) for value in values]), 1.2)  # room for the labels
+    axes.set_yticks(np.linspace(0, 1, 6))
+    axes.set_xlabel("images in the study")
+    axes.set_ylabel("study Cohen's kappa")
+    _legend_above(axes, 2)
+    return figure
+
+
 def figure_objects(predictions: Predictions, metrics: dict, tables: dict) -> dict[str, Figure]:
     """File name -> matplotlib Figure for every figure in FIGURES (the caller closes them)."""
     figures = {
@@ -236,6 +296,8 @@ def figure_objects(predictions: Predictions, metrics: dict, tables: dict) -> dic
         "reliability_diagram.png": reliability_diagram(metrics),
         "study_roc.png": study_roc(metrics, tables["studies"]),
         "confused_pairs.png": confused_pairs(metrics),
+        "threshold_sweep.png": threshold_sweep(metrics, tables["studies"]),
+        "kappa_by_views.png": kappa_by_views(metrics),
     }
     return {name: figures[name] for name in FIGURES}
 

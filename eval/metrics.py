@@ -8,48 +8,46 @@ Definitions (also in docs/EVALUATION.md):
   averages run over the classes present in the truth or the predictions (sklearn's default).
 - P(abnormal) of an image = the sum of the 7 abnormal-class probabilities; called abnormal
   when >= ABNORMAL_THRESHOLD.
-- study level (the MURA literature's metric): a study's P(abnormal) = the mean over its images.
+- study level (the MURA literature's metric): a study's P(abnormal) = the mean over its images
+  (`study_level`); also the max (`study_level.aggregations`), by number of views
+  (`study_level.by_views`) and at the operating point (`study_level.at_operating_point`).
+- region-given (`region_given`): P(abnormal | true region) = P(R_Abnormal) / (P(R_Normal) +
+  P(R_Abnormal)), the body part being known from the study's metadata.
 - bootstrap CIs resample *patients* with replacement (all images of a drawn patient come along).
+
+The shared definitions (P(abnormal), studies, the binary call) live in `bonify.study_metrics`.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import (
-    cohen_kappa_score,
-    f1_score,
-    precision_score,
-    recall_score,
-    roc_auc_score,
-)
+from sklearn.metrics import f1_score, precision_score, recall_score, roc_auc_score
 
+from bonify.study_metrics import (  # noqa: F401  (re-exported: the evaluator's metric names)
+    ABNORMAL_CLASS_COLUMNS,
+    ABNORMAL_THRESHOLD,
+    CALIBRATION_BINS,
+    VIEW_GROUPS,
+    Notes,
+    abnormal_probability,
+    auroc_or_none,
+    binary_report,
+    calibration,
+    kappa_or_none,
+    ratio_or_none,
+    region_given_abnormal,
+    study_image_counts,
+    study_scores,
+    view_group,
+)
 from bonify.vocabulary import CLASS_NAMES, NUM_CLASSES, NUM_REGIONS, REGIONS
 from eval.predictions import Predictions
 
-#: P(abnormal) at or above which an image or study is called abnormal (the MURA convention).
-ABNORMAL_THRESHOLD = 0.5
-#: Equal-width confidence bins of the expected calibration error and the reliability diagram.
-CALIBRATION_BINS = 15
 #: Two-sided confidence level of the bootstrap intervals.
 CONFIDENCE_LEVEL = 0.95
 #: Number of most-confused off-diagonal class pairs listed.
 TOP_CONFUSED_PAIRS = 10
-
-ABNORMAL_CLASS_COLUMNS = np.arange(1, NUM_CLASSES, 2)  # label = 2 * region + abnormal
-
-
-class Notes(dict):
-    """metric path (e.g. "per_region.HAND.auroc") -> why it is None."""
-
-    def undefined(self, path: str, reason: str) -> None:
-        self[path] = reason
-        return None
-
-
-def abnormal_probability(probs: np.ndarray) -> np.ndarray:
-    """float64 [N]: sum of the abnormal-class probabilities of each row of probs [N, 14]."""
-    return probs[:, ABNORMAL_CLASS_COLUMNS].sum(axis=1)
 
 
 def confusion_matrix(true_labels: np.ndarray, pred_labels: np.ndarray, size: int = NUM_CLASSES):
@@ -76,52 +74,9 @@ def kappa_from_confusion(matrix: np.ndarray) -> float:
     return float((observed - expected) / (1.0 - expected))
 
 
-def _kappa(true, pred, notes: Notes, path: str):
-    if len(np.union1d(true, pred)) < 2:
-        return notes.undefined(path, "truth and predictions are all one class: kappa is 0/0")
-    return float(cohen_kappa_score(true, pred))
-
-
-def _auroc(truth, scores, notes: Notes, path: str):
-    if len(np.unique(truth)) < 2:
-        return notes.undefined(path, "only one true class present: AUROC needs both")
-    return float(roc_auc_score(truth, scores))
-
-
-def _ratio(numerator, denominator, notes: Notes, path: str, reason: str):
-    if denominator == 0:
-        return notes.undefined(path, reason)
-    return float(numerator / denominator)
-
-
 def binary_metrics(truth: np.ndarray, scores: np.ndarray, notes: Notes, prefix: str) -> dict:
-    """Accuracy, sensitivity, specificity, kappa and AUROC of an abnormality call.
-
-    truth: int [N] 0/1; scores: float [N] P(abnormal); abnormal when >= ABNORMAL_THRESHOLD.
-    """
-    called = (scores >= ABNORMAL_THRESHOLD).astype(np.int64)
-    positives, negatives = int((truth == 1).sum()), int((truth == 0).sum())
-    return {
-        "accuracy": _ratio(
-            (called == truth).sum(), len(truth), notes, f"{prefix}.accuracy", "no items"
-        ),
-        "sensitivity": _ratio(
-            ((called == 1) & (truth == 1)).sum(),
-            positives,
-            notes,
-            f"{prefix}.sensitivity",
-            "no abnormal items: sensitivity is 0/0",
-        ),
-        "specificity": _ratio(
-            ((called == 0) & (truth == 0)).sum(),
-            negatives,
-            notes,
-            f"{prefix}.specificity",
-            "no normal items: specificity is 0/0",
-        ),
-        "kappa": _kappa(truth, called, notes, f"{prefix}.kappa"),
-        "auroc": _auroc(truth, scores, notes, f"{prefix}.auroc"),
-    }
+    """`bonify.study_metrics.binary_report` at ABNORMAL_THRESHOLD (the 0.5 numbers)."""
+    return binary_report(truth, scores, ABNORMAL_THRESHOLD, notes, prefix)
 
 
 def per_class_metrics(true_labels, pred_labels, notes: Notes) -> list[dict]:
@@ -132,8 +87,8 @@ def per_class_metrics(true_labels, pred_labels, notes: Notes) -> list[dict]:
         hits = matrix[index, index]
         support, predicted = int(matrix[index].sum()), int(matrix[:, index].sum())
         path = f"per_class.{name}"
-        precision = _ratio(hits, predicted, notes, f"{path}.precision", "never predicted")
-        recall = _ratio(hits, support, notes, f"{path}.recall", "no images of this class")
+        precision = ratio_or_none(hits, predicted, notes, f"{path}.precision", "never predicted")
+        recall = ratio_or_none(hits, support, notes, f"{path}.recall", "no images of this class")
         if precision is None and recall is None:
             f1 = notes.undefined(f"{path}.f1", "class neither present nor predicted")
         elif not precision or not recall:
@@ -155,7 +110,7 @@ def image_level_metrics(predictions: Predictions, notes: Notes) -> dict:
         "n_images": len(true),
         "top1_accuracy": float((pred == true).mean()),
         "top3_accuracy": float((top3 == true[:, None]).any(axis=1).mean()),
-        "cohen_kappa": _kappa(true, pred, notes, "cohen_kappa"),
+        "cohen_kappa": kappa_or_none(true, pred, notes, "cohen_kappa"),
         "f1_macro": float(f1_score(true, pred, average="macro", zero_division=0)),
         "f1_weighted": float(f1_score(true, pred, **weighted)),
         "precision_weighted": float(precision_score(true, pred, **weighted)),
@@ -184,10 +139,11 @@ def per_region_metrics(predictions: Predictions, notes: Notes) -> dict:
         result[region] = {
             "n": int(mask.sum()),
             "accuracy": float(correct.mean()),
-            "normal_accuracy": _ratio(correct[truth == 0].sum(), (truth == 0).sum(), notes,
-                                      f"{path}.normal_accuracy", "no normal images"),
-            "abnormal_accuracy": _ratio(correct[truth == 1].sum(), (truth == 1).sum(), notes,
-                                        f"{path}.abnormal_accuracy", "no abnormal images"),
+            "normal_accuracy": ratio_or_none(correct[truth == 0].sum(), (truth == 0).sum(),
+                                             notes, f"{path}.normal_accuracy", "no normal images"),
+            "abnormal_accuracy": ratio_or_none(correct[truth == 1].sum(), (truth == 1).sum(),
+                                               notes, f"{path}.abnormal_accuracy",
+                                               "no abnormal images"),
             "sensitivity": call["sensitivity"],
             "specificity": call["specificity"],
             "auroc": call["auroc"],
@@ -195,27 +151,44 @@ def per_region_metrics(predictions: Predictions, notes: Notes) -> dict:
     return result
 
 
+def region_given_probability(predictions: Predictions) -> np.ndarray:
+    """float64 [N]: each image's P(abnormal | its true region) (see bonify.study_metrics)."""
+    region_index = np.asarray([REGIONS.index(region) for region in predictions.regions])
+    return region_given_abnormal(predictions.probs, region_index)
+
+
 def study_table(predictions: Predictions) -> pd.DataFrame:
-    """One row per study: study_id, region, patient_id, n_images, true_abnormal,
-    p_abnormal (mean image P(abnormal)), pred_abnormal (p_abnormal >= 0.5); sorted by study_id."""
-    images = pd.DataFrame(
+    """One row per study, sorted by study_id: study_id, region, patient_id, n_images,
+    true_abnormal, p_abnormal (the mean of its images' P(abnormal), MURA's rule),
+    pred_abnormal (p_abnormal >= 0.5), p_abnormal_max (the largest image P(abnormal)) and
+    p_region_given (the mean of its images' region-given P(abnormal))."""
+    ids = predictions.study_ids
+    image_scores = abnormal_probability(predictions.probs)
+    study_ids, first = np.unique(ids, return_index=True)
+    mean = study_scores(image_scores, ids, "mean")[1]
+    return pd.DataFrame(
         {
-            "study_id": predictions.study_ids,
-            "region": predictions.regions,
-            "patient_id": predictions.patient_ids,
-            "true_abnormal": predictions.true_labels % 2,
-            "p_abnormal": abnormal_probability(predictions.probs),
+            "study_id": study_ids,
+            "region": predictions.regions[first],
+            "patient_id": predictions.patient_ids[first],
+            "n_images": study_image_counts(ids)[1],
+            "true_abnormal": study_scores(predictions.true_labels % 2, ids, "max")[1].astype(
+                np.int64
+            ),
+            "p_abnormal": mean,
+            "pred_abnormal": (mean >= ABNORMAL_THRESHOLD).astype(np.int64),
+            "p_abnormal_max": study_scores(image_scores, ids, "max")[1],
+            "p_region_given": study_scores(region_given_probability(predictions), ids)[1],
         }
     )
-    studies = images.groupby("study_id", sort=True).agg(
-        region=("region", "first"),
-        patient_id=("patient_id", "first"),
-        n_images=("p_abnormal", "size"),
-        true_abnormal=("true_abnormal", "max"),
-        p_abnormal=("p_abnormal", "mean"),
-    )
-    studies["pred_abnormal"] = (studies["p_abnormal"] >= ABNORMAL_THRESHOLD).astype(np.int64)
-    return studies.reset_index()
+
+
+def _selected(truth, scores, threshold: float, keys, notes: Notes, prefix: str) -> dict:
+    """The `keys` of binary_report (and only their notes)."""
+    scratch = Notes()
+    report = binary_report(truth, scores, threshold, scratch, prefix)
+    notes.update({path: why for path, why in scratch.items() if path.rsplit(".", 1)[1] in keys})
+    return {key: report[key] for key in keys}
 
 
 def study_level_metrics(studies: pd.DataFrame, notes: Notes) -> dict:
@@ -239,69 +212,164 @@ def study_level_metrics(studies: pd.DataFrame, notes: Notes) -> dict:
     return result
 
 
-def calibration(confidences: np.ndarray, correct: np.ndarray, bins: int = CALIBRATION_BINS) -> dict:
-    """Expected calibration error of the top-1 confidence, and the reliability-diagram bins.
+def aggregation_metrics(studies: pd.DataFrame, notes: Notes) -> dict:
+    """`study_level.aggregations`: the study call (at 0.5) with a study's P(abnormal) the
+    mean or the max of its images'."""
+    truth = studies["true_abnormal"].to_numpy()
+    columns = {"mean": "p_abnormal", "max": "p_abnormal_max"}
+    return {
+        how: binary_report(
+            truth, studies[column].to_numpy(), ABNORMAL_THRESHOLD, notes,
+            f"study_level.aggregations.{how}",
+        )
+        for how, column in columns.items()
+    }  # fmt: skip
 
-    ECE = sum over equal-width bins of |accuracy - mean confidence| * (bin count / N).
-    Empty bins have None accuracy and confidence.
+
+def by_views_metrics(studies: pd.DataFrame, notes: Notes) -> dict:
+    """`study_level.by_views`: n_studies, kappa, AUROC and accuracy of the study call (mean,
+    0.5) of the studies with 1, 2, 3 and 4 or more images."""
+    groups = view_group(studies["n_images"].to_numpy())
+    truth = studies["true_abnormal"].to_numpy()
+    scores = studies["p_abnormal"].to_numpy()
+    result = {}
+    for group in VIEW_GROUPS:
+        mask = groups == group
+        path = f"study_level.by_views.{group}"
+        keys = ("kappa", "auroc", "accuracy")
+        if not mask.any():
+            notes.undefined(path, f"no studies with {group} image(s) in the split")
+            result[group] = {"n_studies": 0, **dict.fromkeys(keys)}
+            continue
+        result[group] = {
+            "n_studies": int(mask.sum()),
+            **_selected(truth[mask], scores[mask], ABNORMAL_THRESHOLD, keys, notes, path),
+        }
+    return result
+
+
+def operating_point_metrics(studies: pd.DataFrame, threshold: float, notes: Notes) -> dict:
+    """`study_level.at_operating_point`: the study call (mean) at `threshold`."""
+    keys = ("kappa", "accuracy", "sensitivity", "specificity")
+    path = "study_level.at_operating_point"
+    truth = studies["true_abnormal"].to_numpy()
+    scores = studies["p_abnormal"].to_numpy()
+    return {"threshold": threshold, **_selected(truth, scores, threshold, keys, notes, path)}
+
+
+def region_given_metrics(predictions: Predictions, studies: pd.DataFrame, notes: Notes) -> dict:
+    """`region_given`: the abnormality call (at 0.5) on P(abnormal | true region), per image
+    and per study (the mean over its images), overall and per region."""
+    image = _selected(
+        predictions.true_labels % 2, region_given_probability(predictions), ABNORMAL_THRESHOLD,
+        ("kappa", "auroc"), notes, "region_given.image_level",
+    )  # fmt: skip
+    truth = studies["true_abnormal"].to_numpy()
+    scores = studies["p_region_given"].to_numpy()
+    prefix = "region_given.study_level"
+    study = _selected(
+        truth, scores, ABNORMAL_THRESHOLD, ("kappa", "auroc", "accuracy"), notes, prefix
+    )
+    study["per_region"] = {}
+    for region in REGIONS:
+        mask = (studies["region"] == region).to_numpy()
+        path = f"{prefix}.per_region.{region}"
+        if not mask.any():
+            notes.undefined(path, "no studies of this region in the split")
+            study["per_region"][region] = {"n_studies": 0, "kappa": None, "auroc": None}
+            continue
+        study["per_region"][region] = {
+            "n_studies": int(mask.sum()),
+            **_selected(
+                truth[mask], scores[mask], ABNORMAL_THRESHOLD, ("kappa", "auroc"), notes, path
+            ),
+        }
+    return {"image_level": image, "study_level": study}
+
+
+def patient_resamples(predictions: Predictions, studies: pd.DataFrame, resamples: int, seed: int):
+    """Yield (image weights int [N], study weights int [S]) of `resamples` bootstrap draws.
+
+    A draw picks as many patients as there are, with replacement; each image (study) then
+    counts as often as its patient was drawn, so a resample is a weight vector, not a copy.
+    Same seed and patients -> same draws (a paired comparison relies on it).
     """
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    # A confidence of exactly 1.0 belongs in the last bin.
-    index = np.clip(np.digitize(confidences, edges[1:-1], right=True), 0, bins - 1)
-    rows, ece = [], 0.0
-    for b in range(bins):
-        mask = index == b
-        count = int(mask.sum())
-        accuracy = float(correct[mask].mean()) if count else None
-        mean_confidence = float(confidences[mask].mean()) if count else None
-        if count:
-            ece += abs(accuracy - mean_confidence) * count / len(confidences)
-        rows.append({"lower": float(edges[b]), "upper": float(edges[b + 1]), "count": count,
-                     "accuracy": accuracy, "confidence": mean_confidence})  # fmt: skip
-    return {"ece": float(ece), "bins": rows}
+    patients, image_patient = np.unique(predictions.patient_ids, return_inverse=True)
+    study_patient = np.searchsorted(patients, studies["patient_id"].to_numpy())
+    rng = np.random.default_rng(seed)
+    for _ in range(resamples):
+        drawn = np.bincount(rng.integers(0, len(patients), len(patients)), minlength=len(patients))
+        yield drawn[image_patient], drawn[study_patient]
+
+
+def weighted_headline(
+    predictions: Predictions,
+    studies: pd.DataFrame,
+    image_weights: np.ndarray,
+    study_weights: np.ndarray,
+    with_auroc: bool = False,
+) -> dict[str, float]:
+    """top1_accuracy, cohen_kappa, study_kappa (0.5, mean) and, with_auroc, study_auroc of
+    images and studies counted `*_weights` times; NaN where undefined."""
+    true, pred = predictions.true_labels, predictions.pred_labels
+    image_matrix = np.bincount(true * NUM_CLASSES + pred, image_weights, NUM_CLASSES**2)
+    study_cells = studies["true_abnormal"].to_numpy() * 2 + studies["pred_abnormal"].to_numpy()
+    study_matrix = np.bincount(study_cells, study_weights, 4)
+    values = {
+        "top1_accuracy": float(image_weights @ (true == pred) / image_weights.sum()),
+        "cohen_kappa": kappa_from_confusion(image_matrix.reshape(NUM_CLASSES, -1)),
+        "study_kappa": kappa_from_confusion(study_matrix.reshape(2, 2)),
+    }
+    if with_auroc:
+        truth = studies["true_abnormal"].to_numpy()
+        present = study_weights > 0
+        both = len(np.unique(truth[present])) == 2
+        values["study_auroc"] = (
+            float(roc_auc_score(truth, studies["p_abnormal"], sample_weight=study_weights))
+            if both
+            else float("nan")
+        )
+    return values
+
+
+def percentile_interval(samples) -> tuple[float, float] | None:
+    """The CONFIDENCE_LEVEL percentile interval of the finite samples (None if there are none)."""
+    samples = np.asarray(samples, dtype=np.float64)
+    finite = samples[np.isfinite(samples)]
+    if len(finite) == 0:
+        return None
+    tail = (1.0 - CONFIDENCE_LEVEL) / 2 * 100
+    low, high = np.percentile(finite, [tail, 100 - tail])
+    return float(low), float(high)
 
 
 def bootstrap_intervals(
     predictions: Predictions, studies: pd.DataFrame, resamples: int, seed: int, notes: Notes
 ) -> dict:
-    """95 % percentile intervals of top-1, 14-class kappa and study kappa, resampling patients.
-
-    A resample draws as many patients as there are, with replacement; each image (study) then
-    counts as often as its patient was drawn, so a resample is a weight vector, not a copy.
-    Resamples where a metric is undefined are left out of that metric's interval
-    (`undefined_resamples` counts them). Same seed -> same intervals.
+    """95 % percentile intervals of top-1, 14-class kappa and study kappa, resampling patients
+    (`patient_resamples`). Resamples where a metric is undefined are left out of that
+    metric's interval (`undefined_resamples` counts them). Same seed -> same intervals.
     """
     if resamples <= 0:
         notes.undefined("bootstrap", "--bootstrap_resamples is 0")
         return {"resamples": 0, "seed": seed}
-    patients, image_patient = np.unique(predictions.patient_ids, return_inverse=True)
-    study_patient = np.searchsorted(patients, studies["patient_id"].to_numpy())
-    rng = np.random.default_rng(seed)
-    true, pred = predictions.true_labels, predictions.pred_labels
-    image_cells = true * NUM_CLASSES + pred
-    study_cells = studies["true_abnormal"].to_numpy() * 2 + studies["pred_abnormal"].to_numpy()
     values = {"top1_accuracy": [], "cohen_kappa": [], "study_kappa": []}
-    for _ in range(resamples):
-        drawn = np.bincount(rng.integers(0, len(patients), len(patients)), minlength=len(patients))
-        image_weights = drawn[image_patient]
-        image_matrix = np.bincount(image_cells, image_weights, NUM_CLASSES**2)
-        study_matrix = np.bincount(study_cells, drawn[study_patient], 4)
-        values["top1_accuracy"].append(image_weights @ (true == pred) / image_weights.sum())
-        values["cohen_kappa"].append(kappa_from_confusion(image_matrix.reshape(NUM_CLASSES, -1)))
-        values["study_kappa"].append(kappa_from_confusion(study_matrix.reshape(2, 2)))
-    tail = (1.0 - CONFIDENCE_LEVEL) / 2 * 100
+    for image_weights, study_weights in patient_resamples(predictions, studies, resamples, seed):
+        for name, value in weighted_headline(
+            predictions, studies, image_weights, study_weights
+        ).items():
+            values[name].append(value)
     result = {"resamples": resamples, "seed": seed, "unit": "patient",
-              "n_patients": len(patients), "level": CONFIDENCE_LEVEL}  # fmt: skip
+              "n_patients": len(np.unique(predictions.patient_ids)),
+              "level": CONFIDENCE_LEVEL}  # fmt: skip
     for name, samples in values.items():
-        samples = np.asarray(samples, dtype=np.float64)
-        finite = samples[np.isfinite(samples)]
-        if len(finite) == 0:
+        interval = percentile_interval(samples)
+        undefined = int(np.sum(~np.isfinite(samples)))
+        if interval is None:
             notes.undefined(f"bootstrap.{name}", "undefined in every resample")
-            result[name] = {"low": None, "high": None, "undefined_resamples": len(samples)}
+            result[name] = {"low": None, "high": None, "undefined_resamples": undefined}
             continue
-        low, high = np.percentile(finite, [tail, 100 - tail])
-        result[name] = {"low": float(low), "high": float(high),
-                        "undefined_resamples": int(len(samples) - len(finite))}  # fmt: skip
+        result[name] = {"low": interval[0], "high": interval[1], "undefined_resamples": undefined}
     return result
 
 
@@ -322,8 +390,16 @@ def most_confused_pairs(matrix: np.ndarray, top: int = TOP_CONFUSED_PAIRS) -> li
     return pairs
 
 
-def compute_metrics(predictions: Predictions, bootstrap_resamples: int = 1000, seed: int = 0):
+def compute_metrics(
+    predictions: Predictions,
+    bootstrap_resamples: int = 1000,
+    seed: int = 0,
+    threshold: float = ABNORMAL_THRESHOLD,
+):
     """Everything `metrics.json` holds, plus the tables the files and figures need.
+
+    threshold: the operating point of `study_level.at_operating_point` (every other call is
+    at 0.5, the MURA convention, so runs stay comparable).
 
     Returns (metrics: JSON-ready dict with no NaN, tables: dict of numpy arrays / DataFrames:
     `confusion` [14,14] int64, `region_confusion` [7,7] int64, `studies` DataFrame).
@@ -337,7 +413,13 @@ def compute_metrics(predictions: Predictions, bootstrap_resamples: int = 1000, s
         **image_level_metrics(predictions, notes),
         "per_class": per_class_metrics(true, pred, notes),
         "per_region": per_region_metrics(predictions, notes),
-        "study_level": study_level_metrics(studies, notes),
+        "study_level": {
+            **study_level_metrics(studies, notes),
+            "aggregations": aggregation_metrics(studies, notes),
+            "by_views": by_views_metrics(studies, notes),
+            "at_operating_point": operating_point_metrics(studies, threshold, notes),
+        },
+        "region_given": region_given_metrics(predictions, studies, notes),
         "bootstrap": bootstrap_intervals(predictions, studies, bootstrap_resamples, seed, notes),
         "calibration": calibration(predictions.confidences, correct),
         "most_confused_pairs": most_confused_pairs(matrix),

@@ -22,9 +22,11 @@ from bonify.model_card import (
     resolve_model,
     spec_mismatch,
 )
+from bonify.tta import TTA_MODES
 from bonify.vocabulary import SPLITS
 from eval.config import EvalConfig
 from eval.errors import EvalError
+from eval.operating_point import check_card_to_update, check_fit_flags
 
 PROGRAM = "bonify-eval"
 
@@ -53,13 +55,25 @@ bonify-eval --model old/final.keras --image_size 320 --resize stretch --data_dir
     --output_dir EVAL
 # score a saved predictions file (bonify's own EVAL/predictions.csv or another model's)
 bonify-eval --predictions EVAL/predictions.csv --output_dir EVAL2
+# flip test-time augmentation; an ensemble of two models (probabilities averaged)
+bonify-eval --model JOB1 --model JOB2 --tta flip --data_dir DATA --output_dir EVAL
+# an ensemble of saved predictions files of the same images
+bonify-eval --predictions EVAL1/predictions.csv --predictions EVAL2/predictions.csv \\
+    --output_dir EVAL3
+# fit the operating point (threshold, temperature) on validation and write it into the card
+bonify-eval --model JOB --data_dir DATA --split validation --output_dir EVAL_VAL \\
+    --fit_operating_point --update_model_card
+# paired bootstrap of this model minus another evaluated on the same images
+bonify-eval --model JOB --data_dir DATA --output_dir EVAL --compare OTHER_EVAL
 # the same inference as a Beam RunInference pipeline on this machine (offline)
 bonify-eval --model JOB/model/final.keras --data_dir DATA --output_dir EVAL \\
     --runner=FnApiRunner --direct_num_workers=2 --direct_running_mode=multi_processing
-# on Google Cloud Dataflow (gs:// paths; --setup_file ships bonify to the workers)
+# on Google Cloud Dataflow (gs:// paths; workers from the bonify worker image, which has
+# TensorFlow for RunInference; --setup_file=./setup.py instead installs it on every worker)
 bonify-eval --model gs://BUCKET/job/model/final.keras --data_dir gs://BUCKET/data \\
     --output_dir gs://BUCKET/eval --runner=DataflowRunner --project=PROJECT \\
-    --region=REGION --temp_location=gs://BUCKET/tmp --setup_file=./setup.py"""
+    --region=REGION --temp_location=gs://BUCKET/tmp \\
+    --sdk_container_image=REGION-docker.pkg.dev/PROJECT/REPO/bonify-worker@sha256:DIGEST"""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,9 +81,16 @@ def build_parser() -> argparse.ArgumentParser:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument(
         "--model",
-        help="the trained model: JOB, JOB/model or a .keras file (e.g. JOB/model/final.keras)",
+        action="append",
+        help="the trained model: JOB, JOB/model or a .keras file (e.g. JOB/model/final.keras); "
+        "repeat for an ensemble (probabilities averaged; the first model's card rules)",
     )
-    source.add_argument("--predictions", help="a predictions CSV to evaluate (any model's)")
+    source.add_argument(
+        "--predictions",
+        action="append",
+        help="a predictions CSV to evaluate (any model's); repeat for an ensemble of files of "
+        "the same images",
+    )
     parser.add_argument("--data_dir", help="the Beam job's output folder (needed with --model)")
     parser.add_argument(
         "--split", default="test", choices=SPLITS, help="split to evaluate (default test)"
@@ -97,6 +118,37 @@ def build_parser() -> argparse.ArgumentParser:
         "without model_card.json",
     )
     parser.add_argument(
+        "--tta",
+        choices=TTA_MODES,
+        default="none",
+        help="test-time augmentation: flip averages each image with its horizontal mirror "
+        "(default none)",
+    )
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        help="P(abnormal) threshold of the study call at the operating point "
+        "(study_level.at_operating_point; default: the model card's, else 0.5)",
+    )
+    parser.add_argument(
+        "--fit_operating_point",
+        action="store_true",
+        help="fit the threshold maximising study kappa (and Youden's) and a temperature "
+        "minimising NLL on this split (only --split validation) -> operating_point.fitted",
+    )
+    parser.add_argument(
+        "--update_model_card",
+        action="store_true",
+        help="with --fit_operating_point: write the fitted threshold and temperature into the "
+        "model's card (used by test evaluation, bonify-predict and the app)",
+    )
+    parser.add_argument(
+        "--compare",
+        metavar="OTHER",
+        help="paired bootstrap over patients of this run minus OTHER (a predictions CSV or a "
+        "bonify-eval output folder of the same images; --bootstrap_resamples, --seed)",
+    )
+    parser.add_argument(
         "--runner",
         help="run inference as a Beam pipeline on this runner: FnApiRunner (local, offline) "
         "or DataflowRunner; unknown flags must then be Beam pipeline options",
@@ -116,6 +168,11 @@ def parse_args(argv: Sequence[str] | None) -> EvalConfig:
         raise EvalError("--model needs --data_dir (the Beam job's output folder)")
     if args.predictions is not None and args.runner is not None:
         raise EvalError("--runner runs model inference; it makes no sense with --predictions")
+    if args.predictions is not None and args.tta != "none":
+        raise EvalError(
+            f"--tta {args.tta} runs the model on mirrored images; a --predictions file is already "
+            "the model's output (evaluate the model with --model and --tta instead)"
+        )
     if args.batch_size <= 0:
         raise EvalError(f"--batch_size must be positive, got {args.batch_size}")
     if args.model is None and (args.image_size is not None or args.resize is not None):
@@ -124,15 +181,25 @@ def parse_args(argv: Sequence[str] | None) -> EvalConfig:
         raise EvalError(f"--image_size must be positive, got {args.image_size}")
     if args.bootstrap_resamples < 0:
         raise EvalError(f"--bootstrap_resamples must be >= 0, got {args.bootstrap_resamples}")
+    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
+        raise EvalError(f"--threshold must be between 0 and 1, got {args.threshold}")
     beam_args = None
     if args.runner is not None:
         beam_args = (f"--runner={args.runner}", *unknown)
         validate_beam_args(beam_args)
-        check_dataflow(beam_args, args.model, args.data_dir, args.output_dir)
-    return EvalConfig(
+        for model in args.model or ():
+            check_dataflow(beam_args, model, args.data_dir, args.output_dir)
+    members = args.model or args.predictions
+    config = EvalConfig(
         output_dir=args.output_dir,
-        predictions=args.predictions,
-        model=args.model,
+        predictions=args.predictions[0] if args.predictions else None,
+        model=args.model[0] if args.model else None,
+        other_members=tuple(members[1:]),
+        tta=args.tta,
+        threshold=args.threshold,
+        fit_operating_point=args.fit_operating_point,
+        update_model_card=args.update_model_card,
+        compare=args.compare,
         data_dir=args.data_dir,
         split=args.split,
         batch_size=args.batch_size,
@@ -142,6 +209,8 @@ def parse_args(argv: Sequence[str] | None) -> EvalConfig:
         image_size=args.image_size,
         resize=args.resize,
     )
+    check_fit_flags(config)
+    return config
 
 
 def _is_local(path: str) -> bool:
@@ -154,11 +223,14 @@ def check_local_paths(config: EvalConfig) -> None:
     to the readers, which go through tf.io.gfile. TensorFlow-free."""
     model, predictions = config.model, config.predictions
     data_dir, output_dir = config.data_dir, config.output_dir
-    if model is not None and _is_local(model):
-        model = model_file(model)
-    if predictions is not None and _is_local(predictions) and not os.path.isfile(predictions):
-        what = "is a folder, not a file" if os.path.isdir(predictions) else "file not found"
-        raise EvalError(f"--predictions {predictions}: {what}")
+    if model is not None:
+        models = [model_file(path) if _is_local(path) else path for path in config.members]
+        model = models[0]
+        check_ensemble_inputs(models, config.image_size, config.resize)
+    for path in config.members if predictions is not None else ():
+        if _is_local(path) and not os.path.isfile(path):
+            what = "is a folder, not a file" if os.path.isdir(path) else "file not found"
+            raise EvalError(f"--predictions {path}: {what}")
     if data_dir is not None and _is_local(data_dir):
         read_manifest(data_dir)  # the whole manifest is checked here, still without TensorFlow
     if not output_dir.strip():
@@ -176,6 +248,36 @@ def check_local_paths(config: EvalConfig) -> None:
             raise EvalError(f"--output_dir {output_dir}: no permission to write in {existing}")
     if model is not None and _is_local(model) and data_dir is not None and _is_local(data_dir):
         check_model_spec(model, data_dir, config.image_size, config.resize)
+    if config.update_model_card and model is not None and _is_local(model):
+        check_card_to_update(model)
+    if config.compare is not None and _is_local(config.compare):
+        from eval.compare import other_predictions_file
+
+        other_predictions_file(config.compare)
+
+
+def check_ensemble_inputs(
+    models: Sequence[str], image_size: int | None = None, resize: str | None = None
+) -> None:
+    """EvalError naming two local ensemble members whose input specs (model cards, or
+    --image_size/--resize) differ. TensorFlow-free; gs:// members are checked on reading."""
+    local = [model for model in models if _is_local(model)]
+    if len(local) < 2:
+        return
+    try:
+        specs = [input_spec_for(model, image_size, resize) for model in local]
+    except BonifyError as error:
+        raise EvalError(f"--model {error}") from None
+    for model, spec in zip(local[1:], specs[1:], strict=True):
+        if spec != specs[0]:
+            raise EvalError(
+                f"--model {model} takes {_describe_spec(spec)} but --model {local[0]} takes "
+                f"{_describe_spec(specs[0])}: the models of an ensemble must take the same input"
+            )
+
+
+def _describe_spec(spec: InputSpec) -> str:
+    return f"image_size {spec.image_size}, resize {spec.resize}, {len(spec.class_names)} classes"
 
 
 def model_file(model: str) -> str:

@@ -1,13 +1,15 @@
 """In-process batch inference: a split's shards -> tf.data -> the model -> probabilities.
 
 The input pipeline mirrors the trainer's: uint8 [batch, S, S, 1] images (the model rescales
-inside), records read in shard order so the output rows are deterministic. The model runs
+inside), records read in shard order so the output rows are deterministic. Several models
+(an ensemble's members) run in the same compiled function on each batch, each averaged over
+the test-time augmentation views (`bonify.tta`); their probabilities are kept apart. The model runs
 under the default strategy, or MirroredStrategy when more than one GPU is visible.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
@@ -80,23 +82,33 @@ def make_strategy():
     return tf.distribute.get_strategy()
 
 
-def make_predict_function(model, strategy):
-    """A compiled batch -> float32 [B, 14] probabilities function under `strategy`.
+def make_predict_function(model, strategy, tta: str = "none"):
+    """A compiled batch -> float32 probabilities function under `strategy`.
 
+    model: one Keras model -> [B, 14]; or a list of models (an ensemble) -> [B, M, 14], each
+    member's own probabilities (averaged here only over the TTA views, see bonify.tta).
     With several replicas each gets a contiguous slice of the batch and the outputs are
     gathered back in order.
     """
     import tensorflow as tf
 
+    from bonify.tta import mean_over_views
+
+    members = list(model) if isinstance(model, (list, tuple)) else [model]
+
+    def probabilities(images):
+        outputs = [
+            mean_over_views(lambda view, m=m: tf.cast(m(view, training=False), tf.float32),
+                            images, tta)
+            for m in members
+        ]  # fmt: skip
+        return tf.stack(outputs, axis=1) if isinstance(model, (list, tuple)) else outputs[0]
+
     replicas = strategy.num_replicas_in_sync
     # XLA exactly when Keras' own predict would use it (Keras turns it off on CPU-only hosts).
-    jit_compile = bool(getattr(model, "jit_compile", False))
+    jit_compile = all(bool(getattr(m, "jit_compile", False)) for m in members)
     if replicas == 1:
-        return tf.function(
-            lambda images: model(images, training=False),
-            reduce_retracing=True,
-            jit_compile=jit_compile,
-        )
+        return tf.function(probabilities, reduce_retracing=True, jit_compile=jit_compile)
 
     @tf.function(reduce_retracing=True, jit_compile=jit_compile)
     def predict(images):
@@ -108,7 +120,7 @@ def make_predict_function(model, strategy):
             return images[start : tf.minimum(start + per_replica, size)]
 
         sliced = strategy.experimental_distribute_values_from_function(slice_for)
-        outputs = strategy.run(lambda batch: model(batch, training=False), args=(sliced,))
+        outputs = strategy.run(probabilities, args=(sliced,))
         return strategy.gather(outputs, axis=0)
 
     return predict
@@ -116,13 +128,14 @@ def make_predict_function(model, strategy):
 
 def iterate_predictions(
     model, files: list[str], encoding: str, image_size: int, batch_size: int, total=None,
-    strategy=None, verbose: int = 1,
+    strategy=None, verbose: int = 1, tta: str = "none",
 ) -> Iterator[tuple[np.ndarray, dict]]:  # fmt: skip
-    """Yield (probs float32 [B, 14], metadata dict of numpy [B]) per batch, with a progress bar."""
+    """Yield (probs float32 [B, 14] for one model, [B, M, 14] for a list of M models,
+    metadata dict of numpy [B]) per batch, with a progress bar."""
     import keras
 
     strategy = strategy or make_strategy()
-    predict = make_predict_function(model, strategy)
+    predict = make_predict_function(model, strategy, tta)
     progress = keras.utils.Progbar(total, unit_name="image", verbose=verbose) if verbose else None
     seen = 0
     for images, metadata in make_dataset(files, encoding, image_size, batch_size):
@@ -141,31 +154,53 @@ def predict_split(
     verbose: int = 1,
     image_size: int | None = None,
     resize: str | None = None,
+    tta: str = "none",
 ) -> Predictions:
     """Run the model over every image of `split` and return validated Predictions (shard order).
 
     model_path: a .keras file, JOB or JOB/model; its model card (or, without one, image_size
-    and resize) must match the shards' image size and resize mode.
+    and resize) must match the shards' image size and resize mode. tta: see bonify.tta.
     """
+    (predictions,) = predict_split_members(
+        [model_path], data_dir, split, batch_size, verbose, image_size, resize, tta
+    )
+    return predictions
+
+
+def predict_split_members(
+    model_paths: Sequence[str],
+    data_dir: str,
+    split: str,
+    batch_size: int,
+    verbose: int = 1,
+    image_size: int | None = None,
+    resize: str | None = None,
+    tta: str = "none",
+) -> list[Predictions]:
+    """`predict_split` for several models (an ensemble's members) in one pass over the
+    shards: one validated Predictions per model, in the order given, rows in shard order."""
     from eval.options import check_model_spec, model_file
 
-    model_path = model_file(model_path)
-    check_model_spec(model_path, data_dir, image_size, resize)
+    model_paths = [model_file(path) for path in model_paths]
+    for path in model_paths:
+        check_model_spec(path, data_dir, image_size, resize)
     manifest = read_manifest(data_dir)
     files = split_shards(data_dir, split, manifest)
     image_size = manifest.image_size
-    model = load_model(model_path)
-    check_model_input(model, image_size, model_path)
+    models = [load_model(path) for path in model_paths]
+    for model, path in zip(models, model_paths, strict=True):
+        check_model_input(model, image_size, path)
     total = manifest.splits[split].images
     chunks, metadata = [], {key: [] for key in METADATA_KEYS}
     for probs, batch in iterate_predictions(
-        model,
+        models,
         files,
         manifest.encoding,
         image_size,
         batch_size,
         total,
         verbose=verbose,
+        tta=tta,
     ):
         chunks.append(probs)
         for key in METADATA_KEYS:
@@ -174,14 +209,19 @@ def predict_split(
         raise EvalError(f"--split {split}: the shards of {data_dir} hold no records")
     text = {key: [value.decode() for value in np.concatenate(metadata[key])]
             for key in (RecordKeys.PATH, RecordKeys.PATIENT_ID, RecordKeys.STUDY_ID)}  # fmt: skip
-    return make_predictions(
-        text[RecordKeys.PATH],
-        np.concatenate(metadata[RecordKeys.LABEL]),
-        _renormalized(np.concatenate(chunks)),
-        patient_ids=text[RecordKeys.PATIENT_ID],
-        study_ids=text[RecordKeys.STUDY_ID],
-        source=f"model {model_path} on {split}",
-    )
+    probs = np.concatenate(chunks)  # [N, M, 14]
+    what = f" (tta {tta})" if tta != "none" else ""
+    return [
+        make_predictions(
+            text[RecordKeys.PATH],
+            np.concatenate(metadata[RecordKeys.LABEL]),
+            _renormalized(probs[:, member]),
+            patient_ids=text[RecordKeys.PATIENT_ID],
+            study_ids=text[RecordKeys.STUDY_ID],
+            source=f"model {path} on {split}{what}",
+        )
+        for member, path in enumerate(model_paths)
+    ]
 
 
 def _renormalized(probs: np.ndarray) -> np.ndarray:

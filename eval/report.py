@@ -12,7 +12,7 @@ import base64
 import html
 
 from bonify.vocabulary import REGIONS, SPLITS
-from eval.figures import FIGURES
+from eval.figures import FIGURES, MURA_FIGURES
 
 #: Decimals of every rate (accuracy, kappa, F1, AUROC, ECE...) in the report and the summary.
 RATE_DECIMALS = 3
@@ -116,6 +116,13 @@ def summary_text(metrics: dict) -> str:
                  format_count(study["n_studies"]), format_rate(study["kappa"]),
                  format_rate(study["auroc"])]  # fmt: skip
         lines.append(" ".join(f"{cell:>8}" for cell in cells))
+    if metrics.get("members"):
+        lines += ["", "ensemble members, each alone:", f"{'top1':>8} {'kappa':>8} {'s_kappa':>8} "
+                  f"{'s_auroc':>8}  member"]  # fmt: skip
+        for member in metrics["members"]:
+            cells = [format_rate(member.get(key)) for key in HEADLINE_NAMES]
+            name = member.get("model") or member.get("predictions")
+            lines.append(" ".join(f"{cell:>8}" for cell in cells) + f"  {name}")
     return "\n".join(lines)
 
 
@@ -147,6 +154,8 @@ def provenance_rows(metrics: dict) -> list[tuple[str, str, str]]:
             ("model-sha256", "Model file sha256", source.get("model_sha256") or "n/a"),
             ("split", "Split", f"{source.get('split')} ({source.get('inference')} inference)"),
         ]
+        if source.get("tta"):
+            rows.append(("tta", "Test-time augmentation", source["tta"]))
     manifest = source.get("manifest")
     if manifest:
         sizes = manifest.get("split_images", {})
@@ -159,8 +168,251 @@ def provenance_rows(metrics: dict) -> list[tuple[str, str, str]]:
             ("split-images", "Images per split",
              ", ".join(f"{split} {format_count(sizes.get(split))}" for split in SPLITS)),
         ]  # fmt: skip
+    if metrics.get("members"):
+        names = [member.get("model") or member.get("predictions") for member in metrics["members"]]
+        rows.append(("members", "Ensemble of", "; ".join(str(name) for name in names)))
     rows.append(("evaluated", "Evaluated", evaluated_counts(metrics)))
     return rows
+
+
+# ---- the "MURA metric" section: one table per metrics.json block, shown when present ----------
+
+#: (row label, key) of the study call's rates, in the order the MURA tables list them.
+CALL_RATES = (
+    ("Cohen's κ", "kappa"),
+    ("AUROC", "auroc"),
+    ("Accuracy", "accuracy"),
+    ("Sensitivity", "sensitivity"),
+    ("Specificity", "specificity"),
+)
+#: How each metric compared by --compare and reported per ensemble member is named.
+HEADLINE_NAMES = {
+    "top1_accuracy": "Top-1 accuracy (14 classes)",
+    "cohen_kappa": "Cohen's κ (14 classes)",
+    "study_kappa": "Study Cohen's κ",
+    "study_auroc": "Study AUROC",
+}
+AGGREGATION_NAMES = {"mean": "Mean of the images (MURA's rule)", "max": "Max of the images"}
+
+
+def format_threshold(value) -> str:
+    """A threshold or temperature with 4 decimals (a fitted one falls between two scores)."""
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def _figure_html(name: str, png: bytes) -> str:
+    """One inlined figure with its caption from FIGURES."""
+    encoded = base64.b64encode(png).decode("ascii")
+    caption = FIGURES[name]
+    return (
+        f"<figure id='{html.escape(name)}'><img alt='{html.escape(caption)}' "
+        f"src='data:image/png;base64,{encoded}'><figcaption>{html.escape(caption)} "
+        f"(<code>{html.escape(name)}</code>)</figcaption></figure>"
+    )
+
+
+def operating_point_html(metrics: dict) -> list[str]:
+    """The operating point, the study call at 0.5 beside it, and what was fitted."""
+    point = metrics.get("operating_point")
+    at_point = metrics["study_level"].get("at_operating_point")
+    parts = []
+    if point is not None:
+        temperature = point.get("temperature")
+        parts.append(
+            f"<p id='operating-point'>Operating point: threshold "
+            f"{format_threshold(point['threshold'])} ({html.escape(str(point['source']))})"
+            + (f", temperature {format_threshold(temperature)} "
+               f"({html.escape(str(point.get('temperature_source', '')))})"
+               if temperature is not None else "")
+            + ".</p>"
+        )  # fmt: skip
+    if at_point is not None:
+        threshold = at_point.get("threshold", point["threshold"] if point else None)
+        rows = [[name, format_rate(metrics["study_level"].get(key)), format_rate(at_point.get(key))]
+                for name, key in CALL_RATES if key in at_point]  # fmt: skip
+        parts.append(
+            _table(
+                ["Study call", "At 0.5", f"At the operating point {format_threshold(threshold)}"],
+                rows,
+            )  # fmt: skip
+        )
+    fitted = point.get("fitted") if point else None
+    if fitted:
+        on = fitted.get("fitted_on", {})
+        where = ", ".join(f"{key} {value}" for key, value in on.items())
+        parts.append(
+            f"<h3>Fitted on this split</h3><p id='fitted'>Temperature "
+            f"{format_threshold(fitted.get('temperature'))} (minimum negative log-likelihood), "
+            f"then the threshold on the scaled probabilities; fitted on {html.escape(where)}.</p>"
+        )
+        parts.append(_table(["Threshold fitted by", "Threshold", "Value at the threshold"], [
+            ["Maximum study κ", format_threshold(fitted.get("threshold")),
+             format_rate(fitted.get("kappa_at_threshold"))],
+            ["Youden's J (sensitivity + specificity - 1)",
+             format_threshold(fitted.get("youden_threshold")), format_rate(fitted.get("youden_j"))],
+        ]))  # fmt: skip
+        parts.append(_table(["Fitted", "Before", "After"], [
+            ["Study κ (threshold 0.5, then the fitted one)",
+             format_rate(fitted.get("kappa_at_default_threshold")),
+             format_rate(fitted.get("kappa_at_threshold"))],
+            ["Top-1 expected calibration error (temperature 1, then the fitted one)",
+             format_rate(fitted.get("ece_before")), format_rate(fitted.get("ece_after"))],
+        ]))  # fmt: skip
+    return parts
+
+
+def aggregation_rows(metrics: dict) -> list[list[str]]:
+    """One row per aggregation of `study_level.aggregations` (mean, max)."""
+    return [[AGGREGATION_NAMES.get(how, how), *(format_rate(values.get(key)) for _, key in CALL_RATES)]
+            for how, values in metrics["study_level"]["aggregations"].items()]  # fmt: skip
+
+
+def by_views_rows(metrics: dict) -> list[list[str]]:
+    """One row per group of `study_level.by_views` ("1", "2", "3", "4+")."""
+    return [[f"{group} image{'s' if group != '1' else ''}", format_count(values["n_studies"]),
+             format_rate(values.get("kappa")), format_rate(values.get("auroc")),
+             format_rate(values.get("accuracy"))]
+            for group, values in metrics["study_level"]["by_views"].items()]  # fmt: skip
+
+
+def region_given_rows(metrics: dict) -> tuple[list[list[str]], list[list[str]]]:
+    """(overall rows, per-region rows) of `region_given` beside the summed-mass call."""
+    given = metrics["region_given"]
+    study = metrics["study_level"]
+    overall = [
+        ["Images", format_rate(given["image_level"].get("kappa")),
+         format_rate(given["image_level"].get("auroc")), "n/a"],
+        ["Studies", format_rate(given["study_level"].get("kappa")),
+         format_rate(given["study_level"].get("auroc")),
+         format_rate(given["study_level"].get("accuracy"))],
+    ]  # fmt: skip
+    per_region = []
+    for region, values in given["study_level"].get("per_region", {}).items():
+        summed = study.get("per_region", {}).get(region, {})
+        per_region.append([region, format_count(values.get("n_studies", summed.get("n_studies"))),
+                           format_rate(summed.get("kappa")), format_rate(values.get("kappa")),
+                           format_rate(summed.get("auroc")), format_rate(values.get("auroc"))])  # fmt: skip
+    return overall, per_region
+
+
+def comparison_rows(metrics: dict) -> list[list[str]]:
+    """One row per metric of `comparison`: this, other, delta, its 95 % interval, verdict."""
+    rows = []
+    for key, values in metrics["comparison"].items():
+        interval = values.get("ci95")
+        rows.append([
+            HEADLINE_NAMES.get(key, key), format_rate(values.get("this")),
+            format_rate(values.get("other")), format_rate(values.get("delta")),
+            "n/a" if not interval else f"{format_rate(interval[0])} to {format_rate(interval[1])}",
+            "yes" if values.get("significant") else "no",
+        ])  # fmt: skip
+    return rows
+
+
+def member_table_rows(metrics: dict) -> list[list[str]]:
+    """One row per `members` entry, then the ensemble's own headline numbers."""
+    rows = []
+    for member in metrics["members"]:
+        name = member.get("model") or member.get("predictions") or "?"
+        rows.append([name, *(format_rate(member.get(key)) for key in HEADLINE_NAMES)])
+    study = metrics["study_level"]
+    rows.append(["Ensemble (mean of the members' probabilities)",
+                 format_rate(metrics["top1_accuracy"]), format_rate(metrics["cohen_kappa"]),
+                 format_rate(study["kappa"]), format_rate(study["auroc"])])  # fmt: skip
+    return rows
+
+
+def mura_section(metrics: dict, figures: dict[str, bytes]) -> list[str]:
+    """report.html's "MURA metric" section: the blocks of issue 11 that metrics.json holds
+    (operating point, aggregations, views, region-given, comparison, ensemble members) and
+    the threshold sweep and kappa-by-views figures. Absent blocks are left out."""
+    study = metrics["study_level"]
+    parts = ["<h2 id='mura-metric'>MURA metric</h2>",
+             "<p>MURA is judged by the study-level Cohen's κ of the abnormality call. Unless "
+             "a table says otherwise a study's P(abnormal) is the mean of its images' and the "
+             "call is made at 0.5.</p>"]  # fmt: skip
+    if "operating_point" in metrics or "at_operating_point" in study:
+        parts.append("<h3>Operating point</h3>")
+        parts += operating_point_html(metrics)
+    if "threshold_sweep.png" in figures:
+        parts.append(_figure_html("threshold_sweep.png", figures["threshold_sweep.png"]))
+    if "aggregations" in study:
+        parts.append("<h3>Study P(abnormal): mean or max of the images</h3>")
+        parts.append(_table(["Aggregation", *(name for name, _ in CALL_RATES)],
+                            aggregation_rows(metrics)))  # fmt: skip
+    if "by_views" in study:
+        parts.append("<h3>By number of images in the study</h3>")
+        parts.append(_table(["Images in the study", "Studies", "Cohen's κ", "AUROC", "Accuracy"],
+                            by_views_rows(metrics)))  # fmt: skip
+    if "kappa_by_views.png" in figures:
+        parts.append(_figure_html("kappa_by_views.png", figures["kappa_by_views.png"]))
+    if "region_given" in metrics:
+        overall, per_region = region_given_rows(metrics)
+        parts.append(
+            "<h3>Region-given abnormality</h3><p>The body part is known from the study's "
+            "metadata: P(abnormal | true region) = P(region abnormal) / (P(region normal) + "
+            "P(region abnormal)) instead of the summed abnormal mass.</p>"
+        )
+        parts.append(_table(["Level", "Cohen's κ", "AUROC", "Accuracy"], overall))
+        if per_region:
+            parts.append(_table(["Region", "Studies", "Cohen's κ, summed mass",
+                                 "Cohen's κ, region-given", "AUROC, summed mass",
+                                 "AUROC, region-given"], per_region))  # fmt: skip
+    if "comparison" in metrics:
+        other = metrics.get("compared_with", {})
+        parts.append(
+            "<h3>Paired comparison</h3><p>This run minus "
+            f"<code>{html.escape(str(other.get('path', 'the other run')))}</code> on the same "
+            f"images: a paired bootstrap over patients ({format_count(other.get('resamples'))} "
+            "resamples); significant only when the 95% interval excludes 0.</p>"
+        )
+        parts.append(_table(["Metric", "This run", "Other run", "Difference", "95% interval",
+                             "Significant"], comparison_rows(metrics)))  # fmt: skip
+    if metrics.get("members"):
+        parts.append(
+            "<h3>Ensemble members</h3><p>Each member evaluated alone (no bootstrap), then the "
+            "ensemble: the mean of the members' probabilities.</p>"
+        )
+        parts.append(_table(["Member", *HEADLINE_NAMES.values()], member_table_rows(metrics)))
+    return parts
+
+
+def gallery_html(gallery) -> list[str]:
+    """report.html's gallery (an `eval.gallery.Gallery`): per region, each image the model
+    saw beside its Grad-CAM overlay, with the true and predicted class and the confidence."""
+    parts = [
+        "<h2 id='gallery'>Gallery: most confident mistakes and correct predictions</h2>",
+        "<p>Per body region the most confident wrong predictions (14 classes), then the most "
+        "confident right one: the model's input image, and beside it the Grad-CAM map of the "
+        "predicted class (red: where the evidence for that class lies).</p>",
+    ]
+    if gallery.note:
+        parts.append(f"<p class='note'>{html.escape(gallery.note)}</p>")
+    region = None
+    for item in gallery.items:
+        if item.region != region:
+            if region is not None:
+                parts.append("</div>")
+            region = item.region
+            parts.append(f"<h3>{html.escape(region)}</h3>")
+            if all(other.correct for other in gallery.items if other.region == region):
+                parts.append("<p>No wrong prediction among this region's images.</p>")
+            parts.append("<div class='gallery'>")
+        verdict = "correct" if item.correct else "mistake"
+        images = "".join(
+            f"<img class='gallery-{kind}' alt='{kind} of {html.escape(item.image_path)}' "
+            f"src='data:image/png;base64,{base64.b64encode(png).decode('ascii')}'>"
+            for kind, png in (("image", item.image_png), ("overlay", item.overlay_png))
+        )
+        parts.append(
+            f"<figure class='{verdict}'>{images}<figcaption><b>{verdict}</b>: true "
+            f"{html.escape(item.true_class)}, predicted {html.escape(item.predicted_class)} "
+            f"(confidence {format_rate(item.confidence)})<br><code>"
+            f"{html.escape(item.image_path)}</code></figcaption></figure>"
+        )
+    if region is not None:
+        parts.append("</div>")
+    return parts
 
 
 STYLE = """
@@ -174,14 +426,20 @@ table.provenance th { text-align: left; } table.provenance td { text-align: left
 table.provenance td { font-family: ui-monospace, Menlo, Consolas, monospace; word-break: break-all; }
 figure { margin: 1em 0 2em; } figure img { max-width: 100%; border: 1px solid #eee; }
 figcaption { color: #555; font-size: .9em; } .note { color: #8a5a00; }
+div.gallery { display: flex; flex-wrap: wrap; gap: 1em; }
+div.gallery figure { margin: 0; width: 340px; } div.gallery img { width: 160px; margin-right: 4px; }
+div.gallery figure.mistake figcaption b { color: #b00; }
+div.gallery figure.correct figcaption b { color: #070; }
+div.gallery code { font-size: .8em; word-break: break-all; }
 """
 
 
 def render_report(
-    metrics: dict, figures: dict[str, bytes], title: str = "bonify evaluation"
+    metrics: dict, figures: dict[str, bytes], title: str = "bonify evaluation", gallery=None
 ) -> str:
     """report.html text: a header saying what was evaluated (metrics["source"]), metric
-    tables, notes for null metrics, every figure inlined."""
+    tables, the MURA metric section, notes for null metrics, every figure inlined, and the
+    gallery (an `eval.gallery.Gallery`) when given."""
     provenance = "".join(
         f"<tr><th scope='row'>{html.escape(label)}</th>"
         f"<td id='{element_id}'>{html.escape(text)}</td></tr>"
@@ -247,15 +505,11 @@ def render_report(
         parts.append("</ul>")
     else:
         parts.append("<p>None: every metric is defined for this split.</p>")
+    parts += mura_section(metrics, figures)
     parts.append("<h2>Figures</h2>")
-    for name, caption in FIGURES.items():
-        if name not in figures:
-            continue
-        encoded = base64.b64encode(figures[name]).decode("ascii")
-        parts.append(
-            f"<figure id='{html.escape(name)}'><img alt='{html.escape(caption)}' "
-            f"src='data:image/png;base64,{encoded}'><figcaption>{html.escape(caption)} "
-            f"(<code>{html.escape(name)}</code>)</figcaption></figure>"
-        )
+    parts += [_figure_html(name, figures[name]) for name in FIGURES
+              if name in figures and name not in MURA_FIGURES]  # fmt: skip
+    if gallery is not None:
+        parts += gallery_html(gallery)
     parts.append("</body></html>")
     return "\n".join(parts)

@@ -77,23 +77,32 @@ def _check_output_dir(output_dir: str) -> None:
         raise EvalError(f"--output_dir {output_dir}: exists and is not a folder")
 
 
-def obtain_predictions(config: EvalConfig) -> Predictions | None:
-    """The predictions to evaluate, per the config's mode (None after a Dataflow dry run)."""
+def obtain_members(config: EvalConfig) -> list[Predictions] | None:
+    """The predictions of each model (or file) of config.members, per the config's mode,
+    sorted by path (None after a Dataflow dry run); EvalError when files of an ensemble are
+    not predictions of the same images."""
+    from eval.ensemble import check_members
+
     if config.predictions is not None:
-        return read_predictions(config.predictions)
+        members = [read_predictions(path).sorted_by_path() for path in config.members]
+        check_members(members, config.members, "--predictions")
+        return members
     if config.beam_args is not None:
-        from eval.beam_inference import predict_split_beam
+        from eval.beam_inference import predict_split_beam_members
 
-        return predict_split_beam(
-            config.model, config.data_dir, config.split, config.batch_size,
-            config.output_dir, config.beam_args, config.image_size, config.resize,
+        members = predict_split_beam_members(
+            config.members, config.data_dir, config.split, config.batch_size,
+            config.output_dir, config.beam_args, config.image_size, config.resize, config.tta,
         )  # fmt: skip
-    from eval.predict import predict_split
+    else:
+        from eval.predict import predict_split_members
 
-    return predict_split(
-        config.model, config.data_dir, config.split, config.batch_size, verbose=config.verbose,
-        image_size=config.image_size, resize=config.resize,
-    )  # fmt: skip
+        members = predict_split_members(
+            config.members, config.data_dir, config.split, config.batch_size,
+            verbose=config.verbose, image_size=config.image_size, resize=config.resize,
+            tta=config.tta,
+        )  # fmt: skip
+    return None if members is None else [member.sorted_by_path() for member in members]
 
 
 def evaluate(config: EvalConfig) -> dict:
@@ -110,20 +119,67 @@ def evaluate(config: EvalConfig) -> dict:
         from eval.options import model_file
 
         # JOB or JOB/model -> the .keras file, which the provenance then hashes.
-        config = dataclasses.replace(config, model=model_file(config.model))
-    predictions = obtain_predictions(config)
-    if predictions is None:  # a Dataflow --dry_run: the job was built, nothing ran
+        config = dataclasses.replace(
+            config,
+            model=model_file(config.model),
+            other_members=tuple(model_file(member) for member in config.other_members),
+        )
+    members = obtain_members(config)
+    if members is None:  # a Dataflow --dry_run: the job was built, nothing ran
         print("dry run on DataflowRunner: job built, nothing submitted or evaluated", flush=True)
         return {}
-    predictions = predictions.sorted_by_path()
-    metrics, tables = compute_metrics(predictions, config.bootstrap_resamples, config.seed)
+    from eval import operating_point
+    from eval.ensemble import average_members
+
+    # Each model's card temperature applies to its own outputs (all modes alike, here).
+    point = operating_point.resolve_operating_point(config)
+    raw_members = members
+    members = [
+        operating_point.with_temperature(member, temperature)
+        for member, temperature in zip(
+            members, operating_point.member_temperatures(point, len(members)), strict=True
+        )
+    ]
+    predictions = average_members(members, f"ensemble of {', '.join(config.members)}")
+    metrics, tables = compute_metrics(
+        predictions, config.bootstrap_resamples, config.seed, threshold=point["threshold"]
+    )
+    if config.fit_operating_point:
+        # A single model is fitted on its outputs before any temperature; an ensemble on
+        # its averaged probabilities.
+        point["fitted"] = operating_point.fit(
+            raw_members[0] if len(members) == 1 else predictions, config
+        )
+        if config.update_model_card:
+            from bonify.model_card import card_path
+
+            point["model_card_updated"] = card_path(config.model)
+    metrics["operating_point"] = point
+    if config.compare is not None:
+        from eval.compare import compare
+
+        metrics["comparison"], metrics["compared_with"] = compare(
+            predictions, config.compare, config.bootstrap_resamples, config.seed
+        )
     metrics["source"] = describe_source(
         config.predictions, config.model, config.data_dir, config.split,
         inference="beam" if config.beam_args else "in-process",
     )  # fmt: skip
+    if config.model is not None:
+        metrics["source"]["tta"] = config.tta
+    if len(members) > 1:
+        from eval.ensemble import member_rows
+
+        kind = "model" if config.model is not None else "predictions"
+        metrics["members"] = member_rows(members, config.members, kind, config.seed)
     figures = make_figures(predictions, metrics, tables)
     files = output_files(predictions, metrics, tables)
-    files["report.html"] = render_report(metrics, figures)
+    gallery = None
+    if config.model is not None:
+        from eval.gallery import gallery_for_model
+
+        gallery = gallery_for_model(config.model, config.data_dir, config.split, predictions)
+    files["report.html"] = render_report(metrics, figures, gallery=gallery)
 
     tf.io.gfile.makedirs(config.output_dir)
     for name, text in files.items():
@@ -137,6 +193,10 @@ def evaluate(config: EvalConfig) -> dict:
 
         write_tensorboard(config.output_dir, metrics, figures)
 
+    if config.update_model_card:
+        operating_point.update_model_card(config.model, point["fitted"])
+
     print(summary_text(metrics))
+    print("\n".join(["", *operating_point.summary_lines(metrics)]))
     print(f"\nreport: {os.path.join(config.output_dir, 'report.html')}")
     return metrics

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -96,6 +97,19 @@ def tiny_model_factory(tmp_path_factory):
         return path
 
     return make
+
+
+@pytest.fixture
+def job_with_model(tiny_model_factory, sample_shards_dir, tmp_path) -> pathlib.Path:
+    """A JOB folder holding model/final.keras + its card: the tiny evaluator model laid out
+    as the trainer does."""
+    manifest = json.loads((sample_shards_dir / "manifest.json").read_text())
+    tiny = tiny_model_factory(int(manifest["image_size"]))
+    model_dir = tmp_path / "job" / "model"
+    model_dir.mkdir(parents=True)
+    shutil.copy(tiny, model_dir / "final.keras")
+    shutil.copy(tiny.parent / CARD_FILE, model_dir / CARD_FILE)
+    return tmp_path / "job"
 
 
 @pytest.fixture

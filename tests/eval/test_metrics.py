@@ -160,3 +160,97 @@ def test_compute_metrics_top3_and_region_accuracy_by_hand():
     assert metrics["region_accuracy"] == pytest.approx(1.0)
     assert metrics["per_region"]["ELBOW"]["normal_accuracy"] == 1.0
     assert metrics["per_region"]["ELBOW"]["abnormal_accuracy"] == 0.0
+
+
+def _two_class_probs(abnormal, region_index=3):
+    """probs [N, 14] with P(region abnormal) = abnormal, the rest on region normal."""
+    abnormal = np.asarray(abnormal, dtype=np.float64)
+    probs = np.zeros((len(abnormal), 14))
+    probs[:, 2 * region_index + 1] = abnormal
+    probs[:, 2 * region_index] = 1 - abnormal
+    return probs
+
+
+def test_max_aggregation_calls_a_study_abnormal_on_one_abnormal_looking_image():
+    # HAND study 1 (abnormal): images 0.2 and 0.9 -> mean 0.55, max 0.9
+    # HAND study 2 (normal): images 0.1 and 0.6 -> mean 0.35 (normal), max 0.6 (abnormal)
+    paths = paths_for([("HAND", "1", 1, 1, 1), ("HAND", "1", 1, 1, 2),
+                       ("HAND", "2", 1, 0, 1), ("HAND", "2", 1, 0, 2)])  # fmt: skip
+    predictions = make_predictions(paths, [7, 7, 6, 6], _two_class_probs([0.2, 0.9, 0.1, 0.6]))
+    metrics, tables = compute_metrics(predictions, 0)
+    aggregations = metrics["study_level"]["aggregations"]
+    assert aggregations["mean"]["accuracy"] == 1.0 and aggregations["mean"]["kappa"] == 1.0
+    assert aggregations["max"]["accuracy"] == 0.5 and aggregations["max"]["specificity"] == 0.0
+    assert aggregations["max"]["kappa"] == 0.0 and aggregations["max"]["auroc"] == 1.0
+    assert aggregations["mean"]["kappa"] == metrics["study_level"]["kappa"]
+    np.testing.assert_allclose(tables["studies"]["p_abnormal_max"], [0.9, 0.6])
+
+
+def test_a_one_view_only_split_has_empty_view_groups_with_reasons():
+    paths = paths_for([("HAND", str(p), 1, p % 2, 1) for p in range(4)])
+    predictions = make_predictions(paths, [6, 7, 6, 7], _two_class_probs([0.1, 0.8, 0.6, 0.7]))
+    metrics, _ = compute_metrics(predictions, 0)
+    by_views = metrics["study_level"]["by_views"]
+    assert list(by_views) == ["1", "2", "3", "4+"]
+    assert by_views["1"]["n_studies"] == 4 and by_views["1"]["accuracy"] == 0.75
+    assert by_views["1"]["kappa"] == pytest.approx(cohen_kappa_score([0, 1, 0, 1], [0, 1, 1, 1]))
+    for group in ("2", "3", "4+"):
+        assert by_views[group] == {"n_studies": 0, "kappa": None, "auroc": None, "accuracy": None}
+        assert "no studies with" in metrics["notes"][f"study_level.by_views.{group}"]
+
+
+def test_views_group_studies_by_their_image_count():
+    specs = [("WRIST", "1", 1, 1, i) for i in range(1, 6)]  # 5 images -> "4+"
+    specs += [("WRIST", "2", 1, 0, 1), ("WRIST", "2", 1, 0, 2)]  # 2 images
+    specs += [("WRIST", "3", 1, 1, i) for i in range(1, 4)]  # 3 images
+    labels = [13] * 5 + [12] * 2 + [13] * 3
+    predictions = make_predictions(paths_for(specs), labels, one_hot_probs(labels))
+    by_views = compute_metrics(predictions, 0)[0]["study_level"]["by_views"]
+    assert [by_views[g]["n_studies"] for g in ("1", "2", "3", "4+")] == [0, 1, 1, 1]
+    # A group of one study has one class: kappa (all agree, one class) and AUROC undefined.
+    assert by_views["4+"]["accuracy"] == 1.0 and by_views["4+"]["auroc"] is None
+
+
+def test_region_given_uses_only_the_true_region_pair():
+    # An ELBOW image whose mass went to WRIST_Abnormal: summed P(abnormal) 0.7 calls it
+    # abnormal, region-given 0.1 / (0.1 + 0.2) = 1/3 calls it normal (its truth).
+    paths = paths_for([("ELBOW", "1", 1, 0, 1), ("ELBOW", "2", 1, 1, 1)])
+    probs = np.zeros((2, 14))
+    probs[0, [0, 1, 13]] = [0.2, 0.1, 0.7]
+    probs[1, [0, 1]] = [0.4, 0.6]
+    metrics, tables = compute_metrics(make_predictions(paths, [0, 1], probs), 0)
+    np.testing.assert_allclose(tables["studies"]["p_region_given"], [1 / 3, 0.6])
+    assert metrics["study_level"]["accuracy"] == 0.5  # the summed mass gets image 1 wrong
+    given = metrics["region_given"]
+    assert given["study_level"]["accuracy"] == 1.0 and given["study_level"]["kappa"] == 1.0
+    assert given["image_level"] == {"kappa": 1.0, "auroc": 1.0}
+    assert given["study_level"]["per_region"]["ELBOW"] == {"n_studies": 2, "kappa": 1.0,
+                                                           "auroc": 1.0}  # fmt: skip
+    assert given["study_level"]["per_region"]["HAND"]["n_studies"] == 0
+
+
+def test_region_given_of_a_region_with_one_class_is_none_with_a_reason():
+    paths = paths_for([("HAND", "1", 1, 1, 1), ("HAND", "2", 1, 1, 1),
+                       ("WRIST", "3", 1, 0, 1), ("WRIST", "4", 1, 1, 1)])  # fmt: skip
+    labels = [7, 7, 12, 13]
+    metrics, _ = compute_metrics(make_predictions(paths, labels, one_hot_probs(labels)), 0)
+    hand = metrics["region_given"]["study_level"]["per_region"]["HAND"]
+    assert hand["auroc"] is None and hand["kappa"] is None  # all abnormal, all called so
+    path = "region_given.study_level.per_region.HAND"
+    assert "AUROC needs both" in metrics["notes"][f"{path}.auroc"]
+    assert "all one class" in metrics["notes"][f"{path}.kappa"]
+    # Only the reported metrics leave notes (no sensitivity/specificity of region_given).
+    assert not any(key.endswith(("sensitivity", "specificity")) and "region_given" in key
+                   for key in metrics["notes"])  # fmt: skip
+
+
+def test_a_study_exactly_at_the_operating_point_is_called_abnormal():
+    paths = paths_for([("HAND", str(p), 1, a, 1) for p, a in enumerate([0, 0, 1, 1])])
+    probs = _two_class_probs([0.1, 0.3, 0.3, 0.8])  # a normal and an abnormal study tie at 0.3
+    metrics, _ = compute_metrics(make_predictions(paths, [6, 6, 7, 7], probs), 0, threshold=0.3)
+    at_point = metrics["study_level"]["at_operating_point"]
+    assert at_point["threshold"] == 0.3
+    assert at_point["sensitivity"] == 1.0 and at_point["specificity"] == 0.5
+    assert at_point["accuracy"] == 0.75
+    assert at_point["kappa"] == pytest.approx(cohen_kappa_score([0, 0, 1, 1], [0, 1, 1, 1]))
+    assert metrics["study_level"]["sensitivity"] == 0.5  # at 0.5 the 0.3 study is normal

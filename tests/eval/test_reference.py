@@ -21,9 +21,9 @@ STUDY_REGION_KAPPA = {"ELBOW": 0.678, "FINGER": 0.595, "FOREARM": 0.666, "HAND":
 
 
 @pytest.fixture(scope="module")
-def reference_metrics(seed_predictions_dir, tmp_path_factory):
-    """metrics.json of `python -m eval --predictions` on the seed predictions, converted
-    to the predictions format (image_path, true_label, prob_*) in a temp dir."""
+def reference_csv(seed_predictions_dir, tmp_path_factory):
+    """The seed predictions converted to the predictions format (image_path, true_label,
+    prob_*) in a temp dir."""
     seed = pd.read_csv(seed_predictions_dir / "test_predictions.csv")
     probs = np.load(seed_predictions_dir / "test_probs.npy")
     assert probs.shape == (3197, 14)
@@ -34,8 +34,14 @@ def reference_metrics(seed_predictions_dir, tmp_path_factory):
     for index, name in enumerate(CLASS_NAMES):
         table[f"prob_{name}"] = probs[:, index]
     table.to_csv(work / "seed.csv", index=False)
-    output = work / "eval"
-    argv = ["--predictions", str(work / "seed.csv"), "--output_dir", str(output),
+    return work / "seed.csv"
+
+
+@pytest.fixture(scope="module")
+def reference_metrics(reference_csv):
+    """metrics.json of `python -m eval --predictions` on the seed predictions."""
+    output = reference_csv.parent / "eval"
+    argv = ["--predictions", str(reference_csv), "--output_dir", str(output),
             "--bootstrap_resamples", "200"]  # fmt: skip
     assert main(argv) == 0
     return json.loads((output / "metrics.json").read_text())
@@ -73,6 +79,66 @@ def test_bootstrap_interval_brackets_the_point_estimate(reference_metrics):
                         ("cohen_kappa", reference_metrics["cohen_kappa"]),
                         ("study_kappa", reference_metrics["study_level"]["kappa"])):  # fmt: skip
         assert bootstrap[name]["low"] < point < bootstrap[name]["high"], name
+
+
+#: Issue 11's MURA-metric numbers of the reference predictions (docs/EVALUATION.md states them).
+REGION_GIVEN_STUDY_KAPPA = {"ELBOW": 0.665, "FINGER": 0.606, "FOREARM": 0.635, "HAND": 0.555,
+                            "HUMERUS": 0.733, "SHOULDER": 0.577, "WRIST": 0.731}  # fmt: skip
+BY_VIEWS = {
+    "1": (101, 0.324, 0.826),
+    "2": (412, 0.613, 0.886),
+    "3": (517, 0.682, 0.895),
+    "4+": (169, 0.701, 0.899),
+}  # fmt: skip (n_studies, kappa, auroc)
+AT_THRESHOLD = {
+    0.4: (0.6074, 0.8309, 0.7821),
+    0.5: (0.6474, 0.7268, 0.9107),
+    0.6: (0.5894, 0.6134, 0.9576),
+}  # fmt: skip (kappa, sensitivity, specificity)
+
+
+def test_mean_aggregation_beats_max_on_the_reference(reference_metrics):
+    aggregations = reference_metrics["study_level"]["aggregations"]
+    assert round(aggregations["mean"]["kappa"], 4) == 0.6474
+    assert round(aggregations["max"]["kappa"], 4) == 0.6020
+    assert round(aggregations["max"]["auroc"], 4) == 0.8810
+    assert round(aggregations["max"]["sensitivity"], 4) == 0.8011
+
+
+def test_region_given_numbers_of_the_reference(reference_metrics):
+    given = reference_metrics["region_given"]
+    assert round(given["image_level"]["kappa"], 4) == 0.6211
+    assert round(given["image_level"]["auroc"], 4) == 0.8757
+    assert round(given["study_level"]["kappa"], 4) == 0.6493
+    assert round(given["study_level"]["auroc"], 4) == 0.8886
+    for region, kappa in REGION_GIVEN_STUDY_KAPPA.items():
+        assert round(given["study_level"]["per_region"][region]["kappa"], 3) == kappa, region
+
+
+def test_kappa_grows_with_the_number_of_views_on_the_reference(reference_metrics):
+    by_views = reference_metrics["study_level"]["by_views"]
+    for group, (count, kappa, auroc) in BY_VIEWS.items():
+        row = by_views[group]
+        assert (row["n_studies"], round(row["kappa"], 3), round(row["auroc"], 3)) == (
+            count,
+            kappa,
+            auroc,
+        ), group
+
+
+@pytest.mark.parametrize("threshold", sorted(AT_THRESHOLD))
+def test_study_kappa_at_thresholds_on_the_reference(reference_csv, tmp_path, threshold):
+    output = tmp_path / "eval"
+    argv = ["--predictions", str(reference_csv), "--output_dir", str(output),
+            "--bootstrap_resamples", "0", "--threshold", str(threshold)]  # fmt: skip
+    assert main(argv) == 0
+    metrics = json.loads((output / "metrics.json").read_text())
+    at_point = metrics["study_level"]["at_operating_point"]
+    kappa, sensitivity, specificity = AT_THRESHOLD[threshold]
+    assert at_point["threshold"] == threshold
+    assert round(at_point["kappa"], 4) == kappa
+    assert round(at_point["sensitivity"], 4) == sensitivity
+    assert round(at_point["specificity"], 4) == specificity
 
 
 def test_present_reference_folder_is_used(reference_dir_or_skip_function, tmp_path):

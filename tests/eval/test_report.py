@@ -122,7 +122,7 @@ def test_report_loads_nothing_from_the_network(predictions_report):
 def test_table_headers_are_words_not_metric_keys(evaluation):
     page = ReportPage(render_report(evaluation[1], {}))
     tables = page.column_tables()
-    assert len(tables) == 5
+    assert len(tables) == 10
     for header, _ in tables:
         for cell in header:
             assert not SNAKE_CASE.search(cell) and cell[:1].isupper(), cell
