@@ -14,7 +14,10 @@ from bonify.cli import OneLineArgumentParser, run_command
 DESCRIPTION = """\
 Train the 14-class MURA model on the shards that bonify-preprocess wrote, in phases
 (by default the reference recipe: DenseNet169, focal loss, three phases), and write
-checkpoints, TensorBoard logs and the final model under --job_dir.
+checkpoints, TensorBoard logs and the final model under --job_dir. Validation reports the
+study-level kappa and AUROC (MURA's metric) every epoch; training.monitor chooses what picks
+the best weights. At the end the final model's operating point (threshold, temperature) is
+fitted on the validation split and written into its model card.
 
 Rerunning the same command resumes from the latest checkpoint (after a crash, a kill or a
 preemption); on a finished job it prints the summary and exits. The same command runs on one
@@ -30,6 +33,8 @@ EXAMPLES = """\
 bonify-train --data_dir demo_output/tfrecords --job_dir demo_output/job --config sample_cpu
 # The MURA recipe on one GPU node (every GPU of the node is used)
 bonify-train --data_dir gs://BUCKET/tfrecords/mura-320 --job_dir gs://BUCKET/jobs/densenet169 --config mura_densenet169
+# The same recipe selecting by MURA's metric, the validation study kappa (docs/RECIPES.md)
+bonify-train --data_dir gs://BUCKET/tfrecords/mura-320 --job_dir gs://BUCKET/jobs/study --config mura_study
 # Force MirroredStrategy and float16 mixed precision
 bonify-train --data_dir DATA --job_dir JOB --strategy mirrored --mixed_precision float16
 # Override keys: a value, a nested key, a list, a key of the first phase, a whole phase list
@@ -74,8 +79,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--config",
         metavar="FILE_OR_NAME",
-        help="a YAML file, or a shipped config: mura_densenet169 (the built-in defaults) "
-        "or sample_cpu (the demo)",
+        help="a YAML file, or a shipped config: mura_densenet169 (the built-in defaults), "
+        "mura_study (the same, selecting by validation study kappa) or sample_cpu (the demo)",
     )
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY.PATH=VALUE", help=SET_HELP

@@ -18,6 +18,7 @@ import yaml
 
 from bonify import files
 from trainer.errors import TrainerError
+from trainer.phases import DEFAULT_MONITOR, MONITOR_MAXIMISED, block_monitor
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 
@@ -32,7 +33,9 @@ PHASE_DEFAULTS: dict[str, Any] = {
     "class_weights": True,  # weight the loss with balanced class weights from manifest.json
     "reduce_lr": {
         "enabled": True,
-        "monitor": "val_loss",  # val_loss (minimised) | val_accuracy (maximised)
+        # null: training.monitor (val_loss when that is val_accuracy, as the reference
+        # pairs them); or val_loss (minimised) | val_accuracy | val_study_kappa (maximised)
+        "monitor": None,
         "factor": 0.3,
         "patience": 4,
         "min_lr": 1e-8,
@@ -40,7 +43,7 @@ PHASE_DEFAULTS: dict[str, Any] = {
     },
     "early_stopping": {
         "enabled": True,
-        "monitor": "val_accuracy",
+        "monitor": None,  # null: training.monitor; or one of MONITORS
         "patience": 10,
         "min_delta": 0.0,
         "restore_best": True,
@@ -96,6 +99,10 @@ DEFAULTS: dict[str, Any] = {
         # 0 no per-epoch output, 1 progress bar, 2 one line per epoch.
         "verbose": "auto",
         "tensorboard_images": 8,  # input images logged once per phase
+        # The metric that picks each phase's best weights (restored at its end), and that
+        # early stopping and the LR plateau watch unless a phase names its own:
+        # val_accuracy (the reference's) | val_study_kappa (MURA's metric) | val_loss.
+        "monitor": DEFAULT_MONITOR,
     },
     "distribute": {
         "strategy": "auto",  # auto | default | mirrored | multi_worker
@@ -114,7 +121,7 @@ BACKBONES = ("densenet121", "densenet169", "densenet201", "small_cnn")
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
 PRECISIONS = ("auto", "float16", "bfloat16", "off")
 OPTIMIZERS = ("adam", "adamw", "sgd")
-MONITORS = ("val_loss", "val_accuracy")
+MONITORS = tuple(MONITOR_MAXIMISED)
 
 
 class _ConfigLoader(yaml.SafeLoader):
@@ -250,6 +257,7 @@ def validate(config: dict) -> dict:
         _check(isinstance(training[key], int) and training[key] >= 0, f"training.{key}", "int >= 0")
     _check(training["verbose"] in ("auto", 0, 1, 2) and not isinstance(training["verbose"], bool),
            "training.verbose", "auto, 0, 1 or 2")  # fmt: skip
+    _check(training["monitor"] in MONITORS, "training.monitor", f"one of {', '.join(MONITORS)}")
     _check(training["global_batch_size"] > 0, "training.global_batch_size", "must be > 0")
     _check(training["max_checkpoints"] >= 1, "training.max_checkpoints", "an integer >= 1")
     _check(
@@ -310,9 +318,13 @@ def validate(config: dict) -> dict:
             raise TrainerError(f"config key '{where}.trainable': {error}") from None
         for block in ("reduce_lr", "early_stopping"):
             _check(
-                phase[block]["monitor"] in MONITORS,
+                phase[block]["monitor"] in (None, *MONITORS),
                 f"{where}.{block}.monitor",
-                f"one of {MONITORS}",
+                f"null (training.monitor) or one of {', '.join(MONITORS)}",
+            )
+            # Resolved here, so JOB/config.yaml and --print_config say what each one watches.
+            phase[block]["monitor"] = block_monitor(
+                block, phase[block]["monitor"], training["monitor"]
             )
             _check(
                 isinstance(phase[block]["patience"], int) and phase[block]["patience"] >= 0,
@@ -403,6 +415,10 @@ RESUMABLE_CHANGES = (
 )
 
 
+#: Keys added after jobs were saved: a saved config without one ran with this value.
+ADDED_KEYS = {"training.monitor": DEFAULT_MONITOR}
+
+
 def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
     if isinstance(node, dict):
         items = node.items()
@@ -420,8 +436,9 @@ def resume_conflict(saved: dict, config: dict) -> tuple[str, Any, Any] | None:
     """(dotted key, saved value, this run's value) of the first key that differs between a
     job's saved config and this run's, ignoring RESUMABLE_CHANGES; None when the job can
     resume with this config."""
-    old, new = _flatten(saved), _flatten(config)
-    for key in sorted(old.keys() | new.keys()):
+    old, new = {**ADDED_KEYS, **_flatten(saved)}, _flatten(config)
+    # Phase keys last: a changed training.monitor is named, not the phase monitors it sets.
+    for key in sorted(old.keys() | new.keys(), key=lambda key: (key.startswith("phases."), key)):
         before, now = old.get(key, "absent"), new.get(key, "absent")
         if key not in RESUMABLE_CHANGES and before != now:
             return key, before, now

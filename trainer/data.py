@@ -6,7 +6,8 @@ steps already trained are skipped before decoding. Augmentation is stateless, se
 (seed, phase, epoch, record index), so a resumed epoch sees exactly the same pixels.
 
 Elements: {"image": uint8 [per_replica_batch, S, S, 1], "label": int32 [b],
-"weight": float32 [b]} (weight 0 marks validation padding).
+"weight": float32 [b]} (weight 0 marks validation padding); validation elements also carry
+"study": int64 [b], a hash of the record's study id (see `study_key`).
 """
 
 from __future__ import annotations
@@ -49,6 +50,18 @@ def _decoder(encoding: str, image_size: int):
         return image, tf.cast(features[RecordKeys.LABEL], tf.int32)
 
     return decode
+
+
+#: Study keys are hashed into [0, STUDY_KEY_BUCKETS): two of MURA's ~14,000 studies share
+#: one with probability ~1e-11.
+STUDY_KEY_BUCKETS = 2**62
+
+
+def study_key(study_id):
+    """int64 hash of a study id (tf.string): numbers, unlike strings, can be gathered from
+    every replica and worker (tf.distribute collectives), so validation can group images by
+    study (trainer.loop.make_eval_step)."""
+    return tf.strings.to_hash_bucket_fast(study_id, STUDY_KEY_BUCKETS)
 
 
 def augment(image, seed, augment_config: dict, image_size: int):
@@ -150,11 +163,12 @@ def eval_dataset_fn(files: list[str], encoding: str, config: dict, images: int, 
     """A `dataset_fn` for a split read once in order, padded with weight-0 examples.
 
     Records are sharded by index across pipelines (every pipeline reads the files; fine for
-    the validation split) and padded so each pipeline yields exactly `steps` steps.
+    the validation split) and padded so each pipeline yields exactly `steps` steps. Each
+    element carries its study's `study_key` (-1 for padding).
     """
     image_size = config["data"]["image_size"]
     global_batch = config["training"]["global_batch_size"]
-    decode = _decoder(encoding, image_size)
+    keys = (RecordKeys.LABEL, RecordKeys.STUDY_ID)
 
     def dataset_fn(input_context: tf.distribute.InputContext):
         pipelines, pipeline_id = input_context.num_input_pipelines, input_context.input_pipeline_id
@@ -162,8 +176,13 @@ def eval_dataset_fn(files: list[str], encoding: str, config: dict, images: int, 
         records = tf.data.TFRecordDataset(files).shard(pipelines, pipeline_id)
 
         def parse(serialized):
-            image, label = decode(serialized)
-            return {"image": image, "label": label, "weight": tf.constant(1.0)}
+            image, features = parse_and_decode(serialized, encoding, image_size, keys)
+            return {
+                "image": image,
+                "label": tf.cast(features[RecordKeys.LABEL], tf.int32),
+                "weight": tf.constant(1.0),
+                "study": study_key(features[RecordKeys.STUDY_ID]),
+            }
 
         real = records.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         padding = tf.data.Dataset.from_tensors(
@@ -171,6 +190,7 @@ def eval_dataset_fn(files: list[str], encoding: str, config: dict, images: int, 
                 "image": tf.zeros([image_size, image_size, 1], tf.uint8),
                 "label": tf.constant(0, tf.int32),
                 "weight": tf.constant(0.0),
+                "study": tf.constant(-1, tf.int64),
             }
         ).repeat()
         total = steps * global_batch // pipelines

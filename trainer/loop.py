@@ -164,23 +164,34 @@ def make_train_step(
     return train_step
 
 
+#: The per-example outputs of an eval step, gathered from every replica of every worker.
+EXAMPLE_KEYS = ("probabilities", "label", "weight", "study")
+
+
 def make_eval_step(strategy: tf.distribute.Strategy, model: keras.Model, loss_config: dict):
-    """`eval_step(iterator) -> dict` of each metric's sum and the count, summed over replicas
-    (focal loss without class weights; padding examples have weight 0)."""
+    """`eval_step(iterator) -> (sums, examples)`: each metric's sum and the count, summed
+    over replicas (focal loss without class weights; padding examples have weight 0), and
+    the batch's EXAMPLE_KEYS per example, gathered from all replicas (every worker gets the
+    whole global batch, so the study metrics it computes from them are the same everywhere).
+    """
     gamma, alpha = loss_config["focal_gamma"], loss_config["focal_alpha"]
 
     def step_fn(batch):
         probabilities = model(batch["image"], training=False)
         one_hot = tf.one_hot(batch["label"], NUM_CLASSES)
         per_example = focal_loss_per_example(one_hot, probabilities, gamma, alpha)
-        return _batch_stats(probabilities, batch["label"], batch["weight"], per_example)
+        stats = _batch_stats(probabilities, batch["label"], batch["weight"], per_example)
+        examples = {"probabilities": tf.cast(probabilities, tf.float32)}
+        examples.update({key: batch[key] for key in EXAMPLE_KEYS[1:]})
+        return stats, examples
 
     @tf.function
     def eval_step(iterator):
-        per_replica = strategy.run(step_fn, args=(next(iterator),))
-        return {
+        per_replica, examples = strategy.run(step_fn, args=(next(iterator),))
+        sums = {
             key: strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
             for key, value in per_replica.items()
         }
+        return sums, {key: strategy.gather(value, axis=0) for key, value in examples.items()}
 
     return eval_step

@@ -67,13 +67,34 @@ class RunState:
         return self.phase + 1, self.epoch + 1, self.step
 
 
-def _better(monitor: str, value: float, best: float | None, min_delta: float) -> bool:
-    """True when `value` improves on `best` by more than `min_delta` for this monitor."""
+#: The metrics a phase can watch (`training.monitor`, a phase's early_stopping.monitor and
+#: reduce_lr.monitor), each with whether it is maximised.
+MONITOR_MAXIMISED = {"val_accuracy": True, "val_study_kappa": True, "val_loss": False}
+#: The metric the best weights are picked by when a job does not say (the reference's).
+DEFAULT_MONITOR = "val_accuracy"
+
+
+def block_monitor(block_name: str, configured: str | None, monitor: str) -> str:
+    """The metric a phase's `block_name` ("early_stopping" or "reduce_lr") watches: its own
+    `configured` one, else `monitor` (training.monitor); except that the reference's
+    plateau watches val_loss while it selects by val_accuracy (the notebook's callbacks)."""
+    if configured is not None:
+        return configured
+    if block_name == "reduce_lr" and monitor == "val_accuracy":
+        return "val_loss"
+    return monitor
+
+
+def _better(monitor: str, value: float | None, best: float | None, min_delta: float) -> bool:
+    """True when `value` improves on `best` by more than `min_delta` for this monitor; an
+    undefined value (None or NaN: e.g. a study kappa with one class only) never does."""
+    if value is None or math.isnan(value):
+        return False
     if best is None:
-        return not math.isnan(value)
-    if monitor == "val_loss":
-        return value < best - min_delta
-    return value > best + min_delta
+        return True
+    if MONITOR_MAXIMISED[monitor]:
+        return value > best + min_delta
+    return value < best - min_delta
 
 
 def new_phase_state(phase: dict) -> dict[str, Any]:
@@ -90,41 +111,51 @@ def new_phase_state(phase: dict) -> dict[str, Any]:
         "best_epoch": None,
         # For comparing runs (TensorBoard hparams); no decision depends on it.
         "best_val_loss": None,
+        "best_val_study_kappa": None,
         "stopped_early": False,
         "finished": False,
     }
 
 
-def after_epoch(state: dict, phase: dict, metrics: dict[str, float]) -> tuple[dict, bool]:
+def after_epoch(
+    state: dict, phase: dict, metrics: dict[str, float | None], monitor: str = DEFAULT_MONITOR
+) -> tuple[dict, bool]:
     """Update the phase state with one epoch's validation metrics.
 
     Args:
       state: from `new_phase_state` / a previous call (not modified).
       phase: the phase's config (reduce_lr, early_stopping, epochs).
-      metrics: at least "val_loss" and "val_accuracy".
+      metrics: at least "val_loss", "val_accuracy" and `monitor` (val_study_kappa may be
+        None: undefined, which never counts as an improvement).
+      monitor: training.monitor, the metric the best weights are picked by.
     Returns:
-      (new state, improved) where improved means the best-by-val-accuracy weights changed
+      (new state, improved) where improved means the best-by-`monitor` weights changed
       (the caller saves them).
     """
     state = dict(state)
     state["epochs_completed"] += 1
     epoch = state["epochs_completed"]
 
-    improved = _better("val_accuracy", metrics["val_accuracy"], state["best_val_accuracy"], 0.0)
+    # The best of each metric (for people and TensorBoard), and the best epoch by `monitor`.
+    # best_val_accuracy keeps its name and meaning (the jobs and cards before the monitor).
+    bests = {}
+    for name in MONITOR_MAXIMISED:
+        previous = state.get(f"best_{name}")
+        bests[name] = _better(name, metrics.get(name), previous, 0.0)
+        if bests[name]:
+            state[f"best_{name}"] = float(metrics[name])
+    improved = bests[monitor]
     if improved:
-        state["best_val_accuracy"] = float(metrics["val_accuracy"])
         state["best_epoch"] = epoch
-    if _better("val_loss", metrics["val_loss"], state.get("best_val_loss"), 0.0):
-        state["best_val_loss"] = float(metrics["val_loss"])
 
     plateau = phase["reduce_lr"]
-    if plateau["enabled"] and _patience_ran_out(state, "plateau", plateau, metrics):
+    if plateau["enabled"] and _patience_ran_out(state, "plateau", plateau, metrics, monitor):
         lowered = max(state["learning_rate"] * plateau["factor"], plateau["min_lr"])
         state["learning_rate"] = float(lowered)
         state["plateau_wait"] = 0
 
     stopping = phase["early_stopping"]
-    if stopping["enabled"] and _patience_ran_out(state, "stop", stopping, metrics):
+    if stopping["enabled"] and _patience_ran_out(state, "stop", stopping, metrics, monitor):
         state["stopped_early"] = epoch < phase["epochs"]
         state["finished"] = True
     if epoch >= phase["epochs"]:
@@ -132,11 +163,14 @@ def after_epoch(state: dict, phase: dict, metrics: dict[str, float]) -> tuple[di
     return state, improved
 
 
-def _patience_ran_out(state: dict, prefix: str, block: dict, metrics: dict) -> bool:
-    """Track the best value of `block["monitor"]` in state[prefix + "_best"] and the epochs
+def _patience_ran_out(state: dict, prefix: str, block: dict, metrics: dict, monitor: str) -> bool:
+    """Track the best value of the block's metric in state[prefix + "_best"] and the epochs
     since it improved in state[prefix + "_wait"]; True once they reach `block["patience"]`."""
-    value = metrics[block["monitor"]]
-    if _better(block["monitor"], value, state[f"{prefix}_best"], block["min_delta"]):
+    watched = block_monitor(
+        "reduce_lr" if prefix == "plateau" else "early_stopping", block["monitor"], monitor
+    )
+    value = metrics.get(watched)
+    if _better(watched, value, state[f"{prefix}_best"], block["min_delta"]):
         state[f"{prefix}_best"] = float(value)
         state[f"{prefix}_wait"] = 0
         return False
@@ -156,6 +190,7 @@ def summary_row(state: dict) -> dict[str, Any]:
         "epochs_completed": state["epochs_completed"],
         "best_val_accuracy": state["best_val_accuracy"],
         "best_val_loss": state.get("best_val_loss"),
+        "best_val_study_kappa": state.get("best_val_study_kappa"),
         "best_epoch": state["best_epoch"],
         "stopped_early": state["stopped_early"],
         "learning_rate": state["learning_rate"],

@@ -95,9 +95,12 @@ def _summary_text(phase_rows: list[dict], job_dir: str) -> str:
     lines = ["", "Training summary"]
     for number, row in enumerate(phase_rows, start=1):
         best = row["best_val_accuracy"]
+        # Rows of jobs trained before the study kappa was computed have no such key.
+        kappa = row.get("best_val_study_kappa")
         lines.append(
             f"  phase {number} {row['name']}: {row['epochs_completed']} epochs, "
             f"best val accuracy {best if best is None else round(best, 4)}"
+            f"{'' if kappa is None else f', best val study kappa {round(kappa, 4)}'}"
             f"{' (stopped early)' if row['stopped_early'] else ''}"
         )
     lines += [
@@ -189,6 +192,7 @@ class _Trainer:
         from trainer import distribute
 
         self.config, self.manifest, self.job_dir = config, manifest, job_dir
+        self.data_dir = data_dir
         self.train_files, self.validation_files = train_files, validation_files
         self.encoding = manifest.encoding
         dist = config["distribute"]
@@ -408,10 +412,12 @@ class _Trainer:
             if result != "done":
                 return result
             train_seconds = time.time() - started
-            metrics = self._validate()
+            metrics, _ = self._validate()
             train_metrics = means(state.epoch_sums)
             learning_rate = state.phases[phase_index]["learning_rate"]
-            phase_state, improved = after_epoch(state.phases[phase_index], phase, metrics)
+            phase_state, improved = after_epoch(
+                state.phases[phase_index], phase, metrics, self.config["training"]["monitor"]
+            )
             if improved:
                 from trainer.checkpoint import save_best_weights
 
@@ -470,6 +476,14 @@ class _Trainer:
         scalars.update(
             {f"validation/{metric.name}": record[f"val_{metric.name}"] for metric in METRICS}
         )
+        # Undefined (None: the validation steps saw one class only) is left out, not drawn as 0.
+        scalars.update(
+            {
+                f"validation/{name.removeprefix('val_')}": record[name]
+                for name in STUDY_METRICS
+                if record[name] is not None
+            }
+        )
         scalars.update(
             {"phase/learning_rate": record["learning_rate"], "phase/index": phase_index + 1}
         )
@@ -480,7 +494,10 @@ class _Trainer:
         steps_run = self.steps_run_in_epoch
         rate = steps_run * self.config["training"]["global_batch_size"] / max(train_seconds, 1e-9)
         train = " ".join(f"{m.label} {record[m.name]:.4f}" for m in METRICS)
-        validation = " ".join(f"val_{m.label} {record['val_' + m.name]:.4f}" for m in METRICS)
+        validation = " ".join(
+            [f"val_{m.label} {record['val_' + m.name]:.4f}" for m in METRICS]
+            + [f"{name} {_four_places(record[name])}" for name in STUDY_METRICS]
+        )
         _console.line(
             f"phase {phase_index + 1}/{len(phases)} {record['phase_name']} epoch "
             f"{record['epoch']}/{phases[phase_index]['epochs']}: {train} | {validation} | "
@@ -624,11 +641,15 @@ class _Trainer:
         )
         return "restore"
 
-    def _validate(self) -> dict:
+    def _validate(self) -> tuple[dict, dict]:
+        """(metrics, examples) of the model on the validation steps: METRICS' means and
+        STUDY_METRICS as "val_" names; examples: EXAMPLE_KEYS -> numpy arrays over the real
+        (not padding) validation images, the same on every worker."""
+        import numpy as np
         import tensorflow as tf
 
         from trainer.data import eval_dataset_fn
-        from trainer.loop import COUNT, METRICS, means
+        from trainer.loop import COUNT, EXAMPLE_KEYS, METRICS, means
 
         dataset_fn = eval_dataset_fn(
             self.validation_files,
@@ -639,14 +660,21 @@ class _Trainer:
         )
         iterator = iter(self.strategy.distribute_datasets_from_function(dataset_fn))
         sums = dict.fromkeys((*(metric.sum_key for metric in METRICS), COUNT), 0.0)
+        batches: dict[str, list] = {key: [] for key in EXAMPLE_KEYS}
         for _ in range(self.validation_steps):
             try:
-                out = self.eval_step(iterator)
+                out, examples = self.eval_step(iterator)
             except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as error:
                 self._data_error(error, self.validation_files)
             for key in sums:
                 sums[key] += float(out[key])
-        return means(sums, prefix="val_")
+            for key in EXAMPLE_KEYS:
+                batches[key].append(examples[key].numpy())
+        gathered = {key: np.concatenate(values) for key, values in batches.items()}
+        real = gathered.pop("weight") > 0
+        gathered = {key: values[real] for key, values in gathered.items()}
+        study = study_metrics(gathered["probabilities"], gathered["label"], gathered["study"])
+        return {**means(sums, prefix="val_"), **study}, gathered
 
     def _finish_phase(self, phase_index: int, state: RunState, checkpoint) -> None:
         """Restore the phase's best weights, save its model, and move `state` to the next
@@ -662,7 +690,11 @@ class _Trainer:
             ckpt_lib.restore_best_weights(
                 self.job_dir, phase_index, phase_state["best_epoch"], self.model
             )
-        _console.line(_phase_end_line(phase_index, phase, phase_state, restored))
+        _console.line(
+            _phase_end_line(
+                phase_index, phase, phase_state, restored, self.config["training"]["monitor"]
+            )
+        )
         model_dir = ckpt_lib.join(self.job_dir, "model")
         best_path = ckpt_lib.join(model_dir, f"phase{phase_index + 1}_best.keras")
         if self.chief:
@@ -674,10 +706,14 @@ class _Trainer:
         if state.phase < len(self.config["phases"]):
             state.phases = state.phases + [new_phase_state(self.config["phases"][state.phase])]
             return
+        # The final model's validation predictions, for its operating point (every worker
+        # takes part in the gathers; the chief fits and writes).
+        _, examples = self._validate()
         if self.chief:
             final = ckpt_lib.join(model_dir, "final.keras")
             ckpt_lib.copy_atomically(best_path, final)
             self._write_model_card(model_dir, state)
+            self._write_operating_point(final, examples)
             # After the card: the export reads the image size and resize mode from it.
             export_saved_model(final, ckpt_lib.join(self.job_dir, "export"))
         state.completed = True
@@ -698,8 +734,69 @@ class _Trainer:
         )
         write_card(model_dir, card)
 
+    def _write_operating_point(self, final: str, examples: dict) -> None:
+        """Fit the final model's operating point on its validation `examples` (see
+        `_validate`) and write it into its card (see
+        bonify.study_metrics.fit_operating_point); one line says what it changes. A split
+        that cannot be fitted (one class only) leaves the card's defaults."""
+        from bonify.model_card import set_operating_point
+        from bonify.study_metrics import fit_operating_point
 
-def _phase_end_line(phase_index: int, phase: dict, phase_state: dict, restored: bool) -> str:
+        try:
+            fitted = fit_operating_point(
+                examples["probabilities"], examples["label"], examples["study"]
+            )
+        except ValueError as error:
+            _console.line(f"operating point not fitted on the validation split: {error}")
+            return
+        fitted["source"] = "trainer"
+        fitted["fitted_on"] = {
+            "split": "validation",
+            "data_dir": self.data_dir,
+            "n_studies": fitted["n_studies"],
+            "n_images": fitted["n_images"],
+        }
+        set_operating_point(final, fitted)
+        _console.line(
+            f"operating point (validation, {fitted['n_studies']} studies): threshold "
+            f"{fitted['threshold']:.3f}, temperature {fitted['temperature']:.3f}; study kappa "
+            f"{_four_places(fitted['kappa_at_default_threshold'])} at 0.5 -> "
+            f"{_four_places(fitted['kappa_at_threshold'])} at the threshold (both with the "
+            "temperature); written to the model card"
+        )
+
+
+#: Validation's study-level metrics (history.json names), after METRICS' in the epoch line.
+STUDY_METRICS = ("val_study_kappa", "val_study_auroc")
+
+
+def study_metrics(probabilities, labels, studies) -> dict[str, float | None]:
+    """MURA's metric on validation images: a study's P(abnormal) is the mean over its images
+    of the summed abnormal-class mass, called abnormal at >= 0.5; Cohen's kappa of that call
+    and the AUROC of the score against the studies' truth, as STUDY_METRICS (None where
+    undefined: one class only, or no images). probabilities float [N, 14], labels int [N],
+    studies [N] any per-study key."""
+    from bonify.study_metrics import abnormal_probability, binary_report, study_scores
+
+    if len(labels) == 0:
+        return dict.fromkeys(STUDY_METRICS)
+    _, truth = study_scores(labels % 2, studies, "max")
+    _, scores = study_scores(abnormal_probability(probabilities), studies, "mean")
+    report = binary_report(truth, scores, 0.5)
+    return {"val_study_kappa": report["kappa"], "val_study_auroc": report["auroc"]}
+
+
+def _four_places(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+#: How the console names each monitor.
+_MONITOR_LABELS = {"val_accuracy": "val_acc", "val_loss": "val_loss"}
+
+
+def _phase_end_line(
+    phase_index: int, phase: dict, phase_state: dict, restored: bool, monitor: str
+) -> str:
     """What a phase did: epochs run, stopped early or not, which weights it ends with."""
     epochs = phase_state["epochs_completed"]
     how = (
@@ -707,13 +804,15 @@ def _phase_end_line(phase_index: int, phase: dict, phase_state: dict, restored: 
         if phase_state["stopped_early"]
         else f"{epochs} epochs, not stopped early"
     )
-    best = phase_state["best_val_accuracy"]
+    # The best value of the monitor is the value at the best epoch.
+    best = phase_state.get(f"best_{monitor}")
+    label = _MONITOR_LABELS.get(monitor, monitor)
     if restored:
-        weights = f"restored best epoch {phase_state['best_epoch']} (val_acc {best:.4f})"
+        weights = f"restored best epoch {phase_state['best_epoch']} ({label} {best:.4f})"
     else:
         weights = "kept the last epoch's weights"
         if best is not None:
-            weights += f" (best val_acc {best:.4f} at epoch {phase_state['best_epoch']})"
+            weights += f" (best {label} {best:.4f} at epoch {phase_state['best_epoch']})"
     return f"phase {phase_index + 1} {phase['name']} finished: {how}; {weights}"
 
 

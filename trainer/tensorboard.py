@@ -5,9 +5,11 @@ Tags, grouped by prefix (the x axis is the global step, continuing across phases
       `training.log_every_steps` steps (the step's batch)
   epoch/loss, epoch/accuracy, epoch/top3_accuracy   the epoch's training means
   validation/loss, validation/accuracy, validation/top3_accuracy   after every epoch
+  validation/study_kappa, validation/study_auroc   after every epoch where defined (MURA's
+      study-level abnormality call at 0.5, see trainer.run.study_metrics)
   phase/learning_rate, phase/index (1-based)   after every epoch
-  best/validation_accuracy, best/validation_loss and best/phase<N>_validation_accuracy,
-      best/phase<N>_validation_loss   at each phase end: the HParams plugin's metrics
+  best/validation_<metric> and best/phase<N>_validation_<metric> for accuracy, loss and
+      study_kappa   at each phase end: the HParams plugin's metrics
   input_images/<class name>   a few (augmented) input images at each phase start
 and the run's hparams (the whole recipe, see `recipe_hparams`).
 """
@@ -21,12 +23,16 @@ import tensorflow as tf
 
 from trainer.checkpoint import join
 
+#: The validation metrics whose best values are compared across runs, and whether larger
+#: is better.
+BEST_METRICS = {"accuracy": True, "loss": False, "study_kappa": True}
+
 
 def best_metric_tags(phase_count: int) -> list[str]:
     """The tags the HParams plugin compares runs by (written by `Summaries.best_metrics`)."""
-    tags = ["best/validation_accuracy", "best/validation_loss"]
+    tags = [f"best/validation_{metric}" for metric in BEST_METRICS]
     for number in range(1, phase_count + 1):
-        tags += [f"best/phase{number}_validation_accuracy", f"best/phase{number}_validation_loss"]
+        tags += [f"best/phase{number}_validation_{metric}" for metric in BEST_METRICS]
     return tags
 
 
@@ -111,20 +117,17 @@ class Summaries:
         self.writer.flush()
 
     def best_metrics(self, phase_rows: list[dict], step: int) -> None:
-        """The best validation accuracy and loss of each phase so far and over all of them
-        (phase state dicts, see trainer.phases); None values (no epoch yet) are skipped."""
+        """The best validation accuracy, loss and study kappa of each phase so far and over
+        all of them (phase state dicts, see trainer.phases); None values (no epoch yet, or
+        never defined) are skipped."""
         values = {}
-        for number, row in enumerate(phase_rows, start=1):
-            for metric in ("accuracy", "loss"):
+        for metric, larger_is_better in BEST_METRICS.items():
+            bests = []
+            for number, row in enumerate(phase_rows, start=1):
                 best = row.get(f"best_val_{metric}")
                 if best is not None:
                     values[f"best/phase{number}_validation_{metric}"] = best
-        accuracies = [row["best_val_accuracy"] for row in phase_rows]
-        accuracies = [value for value in accuracies if value is not None]
-        losses = [row.get("best_val_loss") for row in phase_rows]
-        losses = [value for value in losses if value is not None]
-        if accuracies:
-            values["best/validation_accuracy"] = max(accuracies)
-        if losses:
-            values["best/validation_loss"] = min(losses)
+                    bests.append(best)
+            if bests:
+                values[f"best/validation_{metric}"] = (max if larger_is_better else min)(bests)
         self.scalars(values, step)

@@ -56,6 +56,7 @@ def test_help_ends_with_examples_a_user_runs(help_text):
     examples = help_text.split("\nExamples:\n", 1)[1]
     assert "--config sample_cpu" in examples  # the demo
     assert "--config mura_densenet169" in examples  # the MURA recipe
+    assert "--config mura_study" in examples  # the recipe selecting by study kappa
     assert "--strategy mirrored" in examples and "--mixed_precision float16" in examples
     assert "--set data.augment.brightness=" in examples  # a nested key
     assert "--set phases.0.epochs=" in examples  # a phase key

@@ -35,7 +35,11 @@ def test_the_input_spec_is_the_data_the_model_was_trained_on(short_trained_job, 
     assert spec["schema_version"] == manifest["schema_version"]
     assert spec["class_names"] == list(CLASS_NAMES)
     assert (spec["dtype"], spec["channels"]) == ("uint8", 1)
-    assert _card(job)["threshold"] == 0.5
+    # The threshold is the operating point the trainer fitted on the validation split
+    # (tests/trainer/test_study_validation.py checks the fit).
+    card = _card(job)
+    assert card["threshold"] == card["operating_point"]["threshold"]
+    assert (card["threshold_source"], card["operating_point"]["source"]) == ("fitted", "trainer")
 
 
 @pytest.mark.slow

@@ -35,7 +35,8 @@ phases:
 """
 EPOCH_LINE = re.compile(
     r"^phase (\d)/2 (\w+) epoch (\d)/\d: loss (\S+) acc (\S+) top3 (\S+) \| "
-    r"val_loss (\S+) val_acc (\S+) val_top3 (\S+) \| lr (\d\.\d\de[-+]\d\d) \| "
+    r"val_loss (\S+) val_acc (\S+) val_top3 (\S+) val_study_kappa (\S+) val_study_auroc (\S+) \| "
+    r"lr (\d\.\d\de[-+]\d\d) \| "
     r"\d+\.\d images/s, \d+\.\d s$"
 )
 
@@ -77,9 +78,9 @@ def test_piped_log_has_one_line_per_epoch_with_the_history_values(piped_run):
             record["phase"], record["phase_name"], record["epoch"]
         )  # fmt: skip
         names = ["loss", "accuracy", "top3_accuracy"]
-        names += [f"val_{name}" for name in names]
-        assert list(groups[3:9]) == [f"{record[name]:.4f}" for name in names]
-        assert groups[9] == f"{record['learning_rate']:.2e}"
+        names += [f"val_{name}" for name in names] + ["val_study_kappa", "val_study_auroc"]
+        assert list(groups[3:11]) == [f"{record[name]:.4f}" for name in names]
+        assert groups[11] == f"{record['learning_rate']:.2e}"
 
 
 def test_piped_log_says_when_the_learning_rate_is_reduced(piped_run):
@@ -146,10 +147,13 @@ def test_tensorboard_scalars_are_grouped_by_prefix(piped_run):
         "train/loss", "train/accuracy", "train/top3_accuracy", "train/images_per_second",
         "epoch/loss", "epoch/accuracy", "epoch/top3_accuracy",
         "validation/loss", "validation/accuracy", "validation/top3_accuracy",
+        "validation/study_kappa", "validation/study_auroc",
         "phase/learning_rate", "phase/index",
-        "best/validation_accuracy", "best/validation_loss",
+        "best/validation_accuracy", "best/validation_loss", "best/validation_study_kappa",
         "best/phase1_validation_accuracy", "best/phase1_validation_loss",
+        "best/phase1_validation_study_kappa",
         "best/phase2_validation_accuracy", "best/phase2_validation_loss",
+        "best/phase2_validation_study_kappa",
     }  # fmt: skip
 
 
@@ -210,9 +214,11 @@ def test_tensorboard_hparams_carry_the_recipe_and_compare_runs_by_best_metrics(p
     assert values["replicas"] == 1 and "Strategy" in values["strategy"]
     metrics = plugin_data("_hparams_/experiment").experiment.metric_infos
     assert {metric.name.tag for metric in metrics} == {
-        "best/validation_accuracy", "best/validation_loss",
+        "best/validation_accuracy", "best/validation_loss", "best/validation_study_kappa",
         "best/phase1_validation_accuracy", "best/phase1_validation_loss",
+        "best/phase1_validation_study_kappa",
         "best/phase2_validation_accuracy", "best/phase2_validation_loss",
+        "best/phase2_validation_study_kappa",
     }  # fmt: skip
 
 

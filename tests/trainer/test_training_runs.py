@@ -356,6 +356,12 @@ def test_two_process_multi_worker_run_ends_with_identical_weights(multi_worker_j
     assert "CollectiveAllReduceStrategy, 2 replicas in sync" in results[0][1]  # = MWMS
     assert epochs_per_phase(job) == [2, 1, 2]
     assert not (job / "tmp" / "worker1").exists()  # the non-chief's temp saves are removed
+    # The operating point is fitted and written once, by the chief.
+    chief, other = (stdout.splitlines() for _, stdout, _ in results)
+    assert sum(line.startswith("operating point (validation") for line in chief) == 1
+    assert not any(line.startswith("operating point") for line in other)
+    card = json.loads((job / "model" / "model_card.json").read_text())
+    assert card["operating_point"]["source"] == "trainer"
 
 
 def test_multi_worker_group_killed_and_restarted_matches_uninterrupted_group(
