@@ -8,7 +8,7 @@ DEMO_DIR ?= demo_output
 # Extra arguments for the demo's preprocessing (e.g. DEMO_BEAM_ARGS="--runner=PortableRunner ...").
 DEMO_BEAM_ARGS ?=
 
-.PHONY: setup demo test test-fast lint format clean-demo tensorboard
+.PHONY: setup demo test test-fast lint format clean-demo tensorboard app serve browser-deps
 
 # Reinstall whenever setup.py changes; the stamp file makes reruns instant.
 $(VENV)/.installed: setup.py
@@ -27,16 +27,27 @@ format: setup
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-test: lint
+test: lint browser-deps
 	$(BIN)/python -m pytest
+
+# The browser test of bonify-app drives Debian's chromium + chromium-driver. As root (CI,
+# containers) install them when missing; otherwise that test skips naming the packages.
+browser-deps:
+	@if [ "$$(id -u)" = 0 ] && ! { [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; }; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			chromium chromium-driver; \
+	fi
 
 # The suite without the end-to-end runs marked slow (a few minutes instead of the whole suite).
 test-fast: lint
 	$(BIN)/python -m pytest -m "not slow"
 
-# The demo: sample data -> Beam job -> trainer -> evaluator. Each step leaves a marker file
-# written last (the sample's stamp, the Beam job's manifest.json), so rerunning `make demo`
-# after a kill redoes only unfinished steps; the trainer resumes from its checkpoints.
+# The demo: sample data -> Beam job -> trainer (which ends by fitting the operating point,
+# threshold and temperature, on the validation split into the model card) -> evaluator on
+# the test split at that operating point (its summary prints study kappa at 0.5 and at the
+# card's threshold). Each step leaves a marker file written last (the sample's stamp, the
+# Beam job's manifest.json), so rerunning `make demo` after a kill redoes only unfinished
+# steps; the trainer resumes from its checkpoints.
 DEMO_IMAGE_SIZE := 128
 
 $(DEMO_DIR)/raw/.complete: $(VENV)/.installed
@@ -60,6 +71,17 @@ JOB ?= $(DEMO_DIR)/job
 TENSORBOARD_PORT ?= 6006
 tensorboard: setup
 	$(BIN)/tensorboard --logdir $(JOB)/tensorboard --host 127.0.0.1 --port $(TENSORBOARD_PORT)
+
+# The upload page on the demo's model (after `make demo`): open http://127.0.0.1:$(APP_PORT)
+APP_PORT ?= 8501
+app: setup
+	$(BIN)/bonify-app --model $(DEMO_DIR)/job --host 127.0.0.1 --port $(APP_PORT)
+
+# The HTTP API on the demo's model (after `make demo`), loopback only and so without a token:
+# curl -F files=@image.png http://127.0.0.1:$(API_PORT)/predict
+API_PORT ?= 8000
+serve: setup
+	$(BIN)/bonify-serve --model $(DEMO_DIR)/job --host 127.0.0.1 --port $(API_PORT)
 
 clean-demo:
 	rm -rf $(DEMO_DIR)

@@ -1,7 +1,9 @@
 """bonify: package, console scripts and the pinned, verified stack.
 
-Also what Dataflow workers install: `--setup_file ./setup.py` makes Dataflow build this
-project's sdist and pip-install it on every worker, so the Beam job's DoFns can import
+Also how Dataflow workers get bonify: the Dockerfile's `dataflow-worker` stage installs this
+package into Beam's SDK image (the recommended `--sdk_container_image` launch), and
+`--setup_file ./setup.py` makes Dataflow build this project's sdist and pip-install it on
+every worker at start instead (small jobs), so the Beam job's DoFns can import
 `beam_preprocess` and `bonify` there.
 """
 
@@ -32,6 +34,18 @@ INSTALL_REQUIRES = [
     "pydicom==3.0.*",
 ]
 
+# bonify-serve (the HTTP API); multipart uploads need python-multipart. httptools + uvloop:
+# uvicorn's faster HTTP parser and event loop (about 8% more images/s in benchmarks/serve.py).
+SERVE_REQUIRES = [
+    "fastapi==0.165.*",
+    "uvicorn==0.54.*",
+    "python-multipart==0.0.*",
+    "httptools==0.9.*",
+    "uvloop==0.23.*",
+]
+# bonify-app (the upload page).
+APP_REQUIRES = ["streamlit==1.67.*"]
+
 EXTRAS_REQUIRE = {
     "test": [
         "pytest>=8.0,<10",
@@ -42,8 +56,17 @@ EXTRAS_REQUIRE = {
         # gs:// I/O of the Beam job against a local GCS emulator, and the Dataflow dry run.
         "apache-beam[gcp]==2.77.*",
         "gcp-storage-emulator>=2026.7,<2027",
+        # bonify-serve's tests: the API's stack, and httpx for FastAPI's TestClient.
+        *SERVE_REQUIRES,
+        "httpx==0.28.*",
+        # bonify-app's tests: the page (AppTest) and a real headless Chromium (Debian's
+        # chromium + chromium-driver, driven without downloading anything).
+        *APP_REQUIRES,
+        "selenium==4.51.*",
     ],
     "gcp": ["apache-beam[gcp]==2.77.*"],
+    "serve": SERVE_REQUIRES,
+    "app": APP_REQUIRES,
 }
 
 setup(
@@ -65,6 +88,8 @@ setup(
             "bonify-train=trainer.__main__:console_main",
             "bonify-eval=eval.__main__:console_main",
             "bonify-predict=serve.predict:console_main",
+            "bonify-serve=serve.api:console_main",
+            "bonify-app=serve.app:console_main",
         ]
     },
 )

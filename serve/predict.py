@@ -21,12 +21,14 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from bonify.cli import OneLineArgumentParser, run_command
-from bonify.model_card import (
-    DEFAULT_THRESHOLD,
-    RESIZE_MODES,
-    InputSpec,
-    load_card,
-    resolve_model,
+from bonify.model_card import DEFAULT_THRESHOLD, RESIZE_MODES, InputSpec
+from bonify.tta import TTA_MODES
+from serve.core import (
+    add_model_argument,
+    check_model_paths,
+    load_models,
+    model_temperatures,
+    predict_probabilities,
 )
 from serve.inputs import InputImage, PredictError, collect_images, overlay_file_name
 
@@ -53,7 +55,6 @@ bonify-predict --model run1 --model run2 --tta flip --output preds.csv \\
 # then score it (labels come from the MURA folder names)
 bonify-eval --predictions preds.csv --output_dir eval/"""
 
-TTA_MODES = ("none", "flip")
 
 #: Rows of the console table before it points to the CSV instead.
 TABLE_ROWS = 40
@@ -75,17 +76,13 @@ class PredictOptions:
     tta: str
     batch_size: int
     images: tuple[InputImage, ...]
+    temperatures: tuple[float, ...] = ()  # each model's card temperature (empty: all 1.0)
 
 
 def build_parser() -> OneLineArgumentParser:
     parser = OneLineArgumentParser(prog=PROG, description=DESCRIPTION, examples=EXAMPLES)
-    parser.add_argument(
-        "--model",
-        action="append",
-        required=True,
-        metavar="MODEL",
-        help="a JOB folder, JOB/model, or a .keras file; repeat for an ensemble (probabilities "
-        "averaged; their model cards must agree on the input)",
+    add_model_argument(
+        parser, " (probabilities averaged; their model cards must agree on the input)"
     )
     parser.add_argument(
         "--output", required=True, help="predictions CSV, one row per image (bonify-eval format)"
@@ -119,8 +116,6 @@ def _check_output_file(flag: str, path: str) -> None:
 def check_arguments(argv: Sequence[str] | None) -> PredictOptions:
     """Parse and check the command line; every error a user can make is a one-line
     BonifyError here, before TensorFlow is imported."""
-    from bonify.model_card import input_spec_for
-
     arguments = build_parser().parse_args(argv)
     if arguments.batch_size < 1:
         raise PredictError(f"--batch_size must be at least 1, got {arguments.batch_size}")
@@ -130,15 +125,9 @@ def check_arguments(argv: Sequence[str] | None) -> PredictOptions:
     gradcam_dir = arguments.gradcam_dir
     if gradcam_dir and os.path.exists(gradcam_dir) and not os.path.isdir(gradcam_dir):
         raise PredictError(f"--gradcam_dir {gradcam_dir}: exists and is not a folder")
-    model_files = tuple(resolve_model(path) for path in arguments.model)
-    specs = [input_spec_for(file, arguments.image_size, arguments.resize) for file in model_files]
-    for file, spec in zip(model_files[1:], specs[1:], strict=True):
-        if spec != specs[0]:
-            raise PredictError(
-                f"--model {file} takes {_describe(spec)} but --model {model_files[0]} takes "
-                f"{_describe(specs[0])}: an ensemble needs models with the same input"
-            )
-    card = load_card(model_files[0])
+    model_files, spec, card = check_model_paths(
+        arguments.model, arguments.image_size, arguments.resize
+    )
     images = collect_images(arguments.paths)
     if not images:
         raise PredictError(
@@ -147,7 +136,7 @@ def check_arguments(argv: Sequence[str] | None) -> PredictOptions:
         )
     return PredictOptions(
         model_files=model_files,
-        spec=specs[0],
+        spec=spec,
         threshold=card.threshold if card else DEFAULT_THRESHOLD,
         output=arguments.output,
         study_output=arguments.study_output,
@@ -155,11 +144,8 @@ def check_arguments(argv: Sequence[str] | None) -> PredictOptions:
         tta=arguments.tta,
         batch_size=arguments.batch_size,
         images=tuple(images),
+        temperatures=model_temperatures(model_files),
     )
-
-
-def _describe(spec: InputSpec) -> str:
-    return f"{spec.image_size} px ({spec.resize}, {len(spec.class_names)} classes)"
 
 
 # ---- decoding (worker threads) ------------------------------------------------------------
@@ -242,46 +228,8 @@ def batched(results: Iterable, batch_size: int, unreadable: list) -> Iterator[li
 # ---- the model ------------------------------------------------------------------------------
 
 
-def load_models(model_files: Sequence[str], spec: InputSpec) -> list:
-    """The Keras models, each checked to take uint8 [batch, S, S, 1] images of the spec."""
-    import keras
-
-    models = []
-    for file in model_files:
-        try:
-            model = keras.saving.load_model(file)
-        except (ValueError, OSError, TypeError) as error:
-            first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
-            raise PredictError(f"--model {file}: cannot load ({first_line})") from None
-        shape = tuple(model.input_shape)
-        expected = (spec.image_size, spec.image_size, 1)
-        if len(shape) != 4 or tuple(shape[1:]) != expected:
-            said_by = "its model card" if load_card(file) else "--image_size"
-            raise PredictError(
-                f"--model {file}: model input is {list(shape[1:])} but {said_by} says "
-                f"{list(expected)}"
-            )
-        models.append(model)
-    return models
-
-
-def predict_probabilities(models: Sequence, images: np.ndarray, tta: str, batch_size: int):
-    """float64 [B, 14]: the mean softmax over models (and over the image and its horizontal
-    mirror with tta="flip"). images: uint8 [B, S, S, 1]."""
-    count = len(images)
-    if count < batch_size:
-        # One shape for every call: a short last batch would trace the model again.
-        padding = np.zeros((batch_size - count, *images.shape[1:]), dtype=images.dtype)
-        images = np.concatenate([images, padding])
-    views = [images, images[:, :, ::-1, :]] if tta == "flip" else [images]
-    total = 0.0
-    for model in models:
-        for view in views:
-            total = total + np.asarray(
-                model.predict_on_batch(np.ascontiguousarray(view)), np.float64
-            )
-    probs = total / (len(models) * len(views))
-    return probs[:count]
+# load_models and predict_probabilities live in serve.core (shared with the API and the
+# app); imported above so callers of serve.predict keep working.
 
 
 # ---- progress ----------------------------------------------------------------------------
@@ -348,7 +296,9 @@ def run_predictions(options: PredictOptions, models: Sequence, gradcam_model=Non
     )
     for batch in batched(results, options.batch_size, unreadable):
         images = np.stack([item.model_input for item in batch])[..., np.newaxis]
-        probs = predict_probabilities(models, images, options.tta, options.batch_size)
+        probs = predict_probabilities(
+            models, images, options.tta, options.batch_size, options.temperatures or None
+        )
         if keep_original:
             write_overlays(options, gradcam_model or models[0], batch, images, probs)
         for item in batch:

@@ -15,6 +15,7 @@ import os
 
 import numpy as np
 
+from bonify.study_metrics import abnormal_probability
 from bonify.vocabulary import CLASS_NAMES, NUM_REGIONS, REGIONS, parse_study_path
 
 #: Indexed by `abnormal` (0 or 1), like the study folder suffixes.
@@ -31,11 +32,6 @@ STUDY_COLUMNS = (
     "verdict",
     "true_verdict",
 )
-
-
-def abnormal_probability(probs: np.ndarray) -> np.ndarray:
-    """float64 [N]: the mass of the abnormal classes (label = 2 * region + 1) of each row."""
-    return np.asarray(probs, dtype=np.float64)[:, 1::2].sum(axis=1)
 
 
 def region_probabilities(probs: np.ndarray) -> np.ndarray:

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import ast
 import copy
+import dataclasses
 import pathlib
 import re
+import runpy
 import shutil
 import subprocess
 import sys
+import unittest.mock
 
 import pytest
+import setuptools
 import yaml
 
 from trainer import k8s_cluster
@@ -18,7 +22,9 @@ from trainer.k8s_cluster import tf_config_from_environ
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 K8S_DIR = REPO_ROOT / "k8s"
-OVERLAYS = ("shared", "single-node-gpu", "multi-node-gpu", "preprocess", "evaluate")
+OVERLAYS = ("shared", "single-node-gpu", "multi-node-gpu", "preprocess", "evaluate", "serve")
+#: Overlays without a Job: the shared resources alone, and the long-running model servers.
+OVERLAYS_WITHOUT_JOB = ("shared", "serve")
 #: The oldest Kubernetes version the manifests need (Indexed Job pod hostnames, the
 #: batch.kubernetes.io/job-name label and podFailurePolicy are all GA by then).
 KUBERNETES_VERSION = "1.33.0"
@@ -84,16 +90,23 @@ def console_scripts() -> dict[str, str]:
     raise AssertionError("setup.py has no console_scripts")
 
 
+def setup_constant(name: str):
+    """A module-level constant of setup.py, from running the file with setuptools' setup()
+    replaced by a no-op (the constants may be built from each other)."""
+    with unittest.mock.patch.object(setuptools, "setup", lambda **kwargs: None):
+        namespace = runpy.run_path(str(REPO_ROOT / "setup.py"))
+    assert name in namespace, f"setup.py has no {name}"
+    return namespace[name]
+
+
 def install_requires() -> list[str]:
     """setup.py's INSTALL_REQUIRES list."""
-    tree = ast.parse((REPO_ROOT / "setup.py").read_text())
-    for node in tree.body:
-        if (
-            isinstance(node, ast.Assign)
-            and getattr(node.targets[0], "id", "") == "INSTALL_REQUIRES"
-        ):
-            return ast.literal_eval(node.value)
-    raise AssertionError("setup.py has no INSTALL_REQUIRES")
+    return setup_constant("INSTALL_REQUIRES")
+
+
+def extras_require() -> dict[str, list[str]]:
+    """setup.py's EXTRAS_REQUIRE, extra name -> requirements."""
+    return setup_constant("EXTRAS_REQUIRE")
 
 
 # --- Kubernetes manifests -------------------------------------------------------------------
@@ -127,8 +140,9 @@ def test_every_overlay_renders_and_passes_strict_schema_validation(
 ):
     files = []
     for overlay, objects in rendered.items():
-        # Each stage overlay runs a Job; "shared" is the shared resources alone.
-        assert bool(find(objects, "Job")) == (overlay != "shared"), overlay
+        # Each stage overlay runs a Job; "shared" is the shared resources alone and
+        # "serve" the long-running API and app.
+        assert bool(find(objects, "Job")) == (overlay not in OVERLAYS_WITHOUT_JOB), overlay
         assert find(objects, "PersistentVolumeClaim", "bonify-storage"), overlay
         path = tmp_path / f"{overlay}.yaml"
         path.write_text(yaml.safe_dump_all(objects))
@@ -168,6 +182,8 @@ def test_every_pod_runs_locked_down(rendered):
         "bonify-train-single",
         "bonify-preprocess",
         "bonify-eval",
+        "bonify-serve",
+        "bonify-app",
     }
     for name, spec in specs:
         assert spec["securityContext"]["runAsNonRoot"] is True, name
@@ -276,6 +292,114 @@ def test_tensorboard_service_reaches_the_deployment(rendered):
     port = int(container["args"][container["args"].index("--port") + 1])
     assert container["ports"][0]["containerPort"] == port
     assert service["spec"]["ports"][0]["targetPort"] == container["ports"][0]["name"]
+
+
+#: The serve overlay's Deployments: name -> (port, readiness/liveness path).
+SERVERS = {"bonify-serve": (8000, "/healthz"), "bonify-app": (8501, "/_stcore/health")}
+
+
+def server_container(objects: list[dict], name: str) -> tuple[dict, dict]:
+    (deployment,) = find(objects, "Deployment", name)
+    return deployment, deployment["spec"]["template"]["spec"]["containers"][0]
+
+
+@pytest.mark.parametrize("name", sorted(SERVERS))
+def test_serve_overlay_service_reaches_its_deployment_on_the_served_port(rendered, name):
+    objects = rendered["serve"]
+    deployment, container = server_container(objects, name)
+    (service,) = find(objects, "Service", name)
+    assert service["spec"]["type"] == "ClusterIP"
+    assert (
+        service["spec"]["selector"].items()
+        <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    )
+    port, _ = SERVERS[name]
+    assert f"--port={port}" in container["args"]
+    assert container["ports"] == [{"name": "http", "containerPort": port}]
+    assert service["spec"]["ports"] == [{"name": "http", "port": port, "targetPort": "http"}]
+
+
+@pytest.mark.parametrize("name", sorted(SERVERS))
+def test_serve_overlay_probes_the_servers_health_endpoint(rendered, name):
+    _, container = server_container(rendered["serve"], name)
+    _, path = SERVERS[name]
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"] == {"path": path, "port": "http"}, probe
+    # Liveness must not kill a pod that is still loading its model.
+    liveness = container["livenessProbe"]
+    startup = container.get("startupProbe")
+    assert startup or liveness.get("initialDelaySeconds", 0) >= 30
+    if startup:
+        assert startup["httpGet"] == {"path": path, "port": "http"}
+        assert startup["periodSeconds"] * startup["failureThreshold"] >= 120
+
+
+def test_serve_overlay_reads_one_job_dir_from_the_shared_volume_read_only(rendered):
+    models = set()
+    for name in SERVERS:
+        deployment, container = server_container(rendered["serve"], name)
+        spec = deployment["spec"]["template"]["spec"]
+        (model_arg,) = [arg for arg in container["args"] if arg.startswith("--model=")]
+        model = model_arg.split("=", 1)[1]
+        assert model.startswith(f"{SHARED_MOUNT}/jobs/"), (name, model)
+        claims = {v["name"] for v in spec["volumes"] if "persistentVolumeClaim" in v}
+        for mount in container["volumeMounts"]:
+            if mount["name"] in claims:
+                assert mount.get("readOnly") is True, (name, mount)
+        models.add(model)
+    # The API and the page answer with the same model.
+    assert len(models) == 1, models
+
+
+#: The Secret holding the API token: created by `kubectl create secret` (docs/DEPLOY.md),
+#: never part of the repository or of a rendered overlay.
+API_TOKEN_SECRET = "bonify-api-token"
+
+
+def api_token_volume(rendered) -> tuple[dict, dict, str]:
+    """(the Secret volume, its mount, the --token_file argument) of the API Deployment."""
+    deployment, container = server_container(rendered["serve"], "bonify-serve")
+    (volume,) = [v for v in deployment["spec"]["template"]["spec"]["volumes"] if "secret" in v]
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == volume["name"]]
+    (token_arg,) = [arg for arg in container["args"] if arg.startswith("--token_file=")]
+    return volume, mount, token_arg.split("=", 1)[1]
+
+
+def test_serve_api_reads_its_token_from_a_secret_the_repository_does_not_contain(rendered):
+    volume, mount, token_file = api_token_volume(rendered)
+    secret = volume["secret"]
+    assert secret["secretName"] == API_TOKEN_SECRET
+    # Not optional: without the Secret the pod does not start.
+    assert secret.get("optional", False) is False
+    (item,) = secret["items"]
+    assert mount["readOnly"] is True
+    assert token_file == f"{mount['mountPath']}/{item['path']}"
+    # Readable by the pod's group (fsGroup), not by others.
+    deployment, _ = server_container(rendered["serve"], "bonify-serve")
+    assert deployment["spec"]["template"]["spec"]["securityContext"]["fsGroup"] == 10001
+    assert secret["defaultMode"] & 0o040 and not secret["defaultMode"] & 0o007
+    for objects in rendered.values():
+        assert not find(objects, "Secret", API_TOKEN_SECRET)
+    # The page has no use for the API's token.
+    app, _ = server_container(rendered["serve"], "bonify-app")
+    assert not [v for v in app["spec"]["template"]["spec"]["volumes"] if "secret" in v]
+
+
+def test_serve_api_without_its_token_refuses_to_start(rendered, tmp_path, monkeypatch):
+    """The manifest's command line minus --token_file (and no BONIFY_API_TOKEN) is refused
+    by bonify-serve's own check; with a token file it passes; --no_auth is never set."""
+    from serve.api import ServeArgumentError, ServeOptions, build_parser, check_access
+
+    monkeypatch.delenv("BONIFY_API_TOKEN", raising=False)
+    _, container = server_container(rendered["serve"], "bonify-serve")
+    parsed = build_parser().parse_args(container["args"])
+    assert parsed.no_auth is False
+    options = ServeOptions(models=tuple(parsed.model), host=parsed.host, port=parsed.port)
+    with pytest.raises(ServeArgumentError, match="without a token"):
+        check_access(options)
+    token = tmp_path / "token"
+    token.write_text("0123456789abcdef0123456789abcdef\n")
+    check_access(dataclasses.replace(options, token_file=str(token)))
 
 
 def test_trainer_config_is_the_shipped_config_mounted_where_the_trainer_reads_it(rendered):
@@ -391,7 +515,14 @@ def test_every_command_the_manifests_run_is_a_console_script(rendered):
         for objects in rendered.values()
         for _, spec in pod_specs(objects)
     }
-    assert commands == {"bonify-train", "bonify-preprocess", "bonify-eval", "tensorboard"}
+    assert commands == {
+        "bonify-train",
+        "bonify-preprocess",
+        "bonify-eval",
+        "bonify-serve",
+        "bonify-app",
+        "tensorboard",
+    }
     assert commands - {"tensorboard"} <= set(scripts)
     # tensorboard comes from a pinned dependency, not from this package.
     assert any(req.startswith("tensorboard==") for req in install_requires())
@@ -418,19 +549,31 @@ def test_every_stage_command_line_in_the_manifests_parses(rendered):
     assert seen == set(parsers)
 
 
+def test_serve_and_app_command_lines_in_the_manifests_parse(rendered):
+    """The servers' args are accepted by their own parsers (the console script's module's
+    build_parser; parsing checks flags only, not that the model exists here)."""
+    import importlib
+
+    scripts = console_scripts()
+    for name in ("bonify-serve", "bonify-app"):
+        (deployment,) = find(rendered["serve"], "Deployment", name)
+        container = deployment["spec"]["template"]["spec"]["containers"][0]
+        assert container["command"] == [name]
+        module = importlib.import_module(scripts[name].split(":")[0])
+        options = module.build_parser().parse_args(container["args"])
+        assert options.host == "0.0.0.0", name  # reachable through the Service
+        assert int(options.port) == container["ports"][0]["containerPort"], name
+
+
 # --- Dockerfile -----------------------------------------------------------------------------
 
 
 def dockerfile_instructions() -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments) of the Dockerfile, continuation lines joined."""
-    text = (REPO_ROOT / "Dockerfile").read_text().replace("\\\n", " ")
-    instructions = []
-    for line in text.splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            keyword, _, rest = line.partition(" ")
-            instructions.append((keyword.upper(), rest.strip()))
-    return instructions
+    """(INSTRUCTION, arguments) of the Dockerfile's last stage: the default build target, the
+    image the manifests run (the Dataflow worker stage: tests/deploy/test_dataflow_image.py)."""
+    from tests.deploy.dockerfile import stages
+
+    return list(stages()[-1].instructions)
 
 
 def test_dockerfile_base_image_has_the_pinned_tensorflow():
@@ -444,7 +587,9 @@ def test_dockerfile_base_image_has_the_pinned_tensorflow():
 def test_dockerfile_installs_this_package_and_runs_as_the_manifests_user(rendered):
     instructions = dockerfile_instructions()
     runs = " ".join(args for keyword, args in instructions if keyword == "RUN")
-    assert re.search(r"pip install [^&]*--no-cache-dir[^&]* \.(\s|$)", runs), runs
+    assert re.search(r"pip install [^&]*--no-cache-dir[^&]* \"?\.(\[[a-z,]+\])?\"?(\s|$)", runs), (
+        runs
+    )
     users = [args for keyword, args in instructions if keyword == "USER"]
     uid = int(users[-1].split(":")[0])
     assert uid != 0
@@ -458,8 +603,35 @@ def test_dockerfile_entrypoints_are_console_scripts():
     scripts = console_scripts()
     runs = " ".join(args for keyword, args in dockerfile_instructions() if keyword == "RUN")
     checked = set(re.findall(r"\b(bonify-[a-z]+) --help\b", runs))
-    assert checked == {"bonify-preprocess", "bonify-train", "bonify-eval"}
+    assert checked == {
+        "bonify-preprocess",
+        "bonify-train",
+        "bonify-eval",
+        "bonify-predict",
+        "bonify-serve",
+        "bonify-app",
+    }
     assert checked <= set(scripts)
+
+
+def dockerfile_installed_extras() -> set[str]:
+    """The extras of this package the image installs (`pip install ".[a,b]"`)."""
+    runs = " ".join(args for keyword, args in dockerfile_instructions() if keyword == "RUN")
+    (extras,) = re.findall(r"pip install [^&]*--no-cache-dir[^&]* \"?\.(?:\[([a-z,]+)\])?\"?", runs)
+    return set(filter(None, extras.split(",")))
+
+
+def test_dockerfile_installs_the_web_stack_of_the_api_and_the_app():
+    """Streamlit, FastAPI and uvicorn, as pinned in setup.py, are in the image, so one image
+    runs bonify-serve and bonify-app too; the test-only packages are not."""
+    installed = dockerfile_installed_extras()
+    assert "app" in installed
+    assert "test" not in installed
+    requirements = install_requires() + [
+        req for extra in installed for req in extras_require()[extra]
+    ]
+    names = {re.split(r"[<>=\[ ]", req, maxsplit=1)[0].lower() for req in requirements}
+    assert {"streamlit", "fastapi", "uvicorn"} <= names, sorted(names)
 
 
 def test_dockerignore_keeps_local_state_out_of_the_image():
