@@ -58,8 +58,11 @@ Flags not listed below are Apache Beam pipeline options (--runner, --direct_num_
 this machine ({DEFAULT_RUNNER}, offline) with one worker process per CPU core; set
 --direct_num_workers=N --direct_running_mode=multi_processing to use fewer. On
 --runner=DataflowRunner, --project, --region and a gs:// --temp_location are required,
---input_dir and --output_dir must be gs:// and --setup_file ./setup.py ships this package to
-the workers. See docs/PREPROCESS.md."""
+--input_dir and --output_dir must be gs://, and the workers get this package from the
+Dockerfile's dataflow-worker image (--sdk_container_image=REGISTRY/...@sha256:DIGEST, the
+recommended launch: nothing to install at worker start) or, for a small job, from
+--setup_file ./setup.py (each worker pip-installs the pinned stack first). See
+docs/PREPROCESS.md and docs/DEPLOY.md."""
 
 EXAMPLES = """\
 # the demo's sample data, at 128 px, on every local core
@@ -67,7 +70,12 @@ bonify-sample --output_dir demo_output/raw
 bonify-preprocess --input_dir demo_output/raw --output_dir demo_output/tfrecords --image_size 128
 # MURA v1.1 at 320 px (the folder that contains MURA-v1.1/), replacing a previous run
 bonify-preprocess --input_dir /data/mura --output_dir /data/tfrecords/mura-320 --overwrite
-# on Google Cloud Dataflow
+# on Google Cloud Dataflow, workers from the prebuilt bonify worker image (docs/DEPLOY.md)
+bonify-preprocess --input_dir gs://my-bucket/mura --output_dir gs://my-bucket/tfrecords/mura-320 \\
+    --runner=DataflowRunner --project=my-project --region=us-central1 \\
+    --temp_location=gs://my-bucket/tmp \\
+    --sdk_container_image=us-central1-docker.pkg.dev/my-project/bonify/bonify-worker@sha256:DIGEST
+# a small Dataflow job without an image: every worker pip-installs bonify at start
 bonify-preprocess --input_dir gs://my-bucket/mura --output_dir gs://my-bucket/tfrecords/mura-320 \\
     --runner=DataflowRunner --project=my-project --region=us-central1 \\
     --temp_location=gs://my-bucket/tmp --setup_file=./setup.py"""

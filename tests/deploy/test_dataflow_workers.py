@@ -4,7 +4,9 @@
 every worker. The closest offline stand-in: run the Beam job with
 `--runner=PortableRunner --environment_type=EXTERNAL` against a local Beam worker pool
 whose Python sees the dependencies (Beam, TF, ...) but gets bonify/beam_preprocess only from
-that sdist. The dry-run build of the Dataflow job is tested in tests/preprocess/test_runners.py.
+that sdist. The dry-run build of the Dataflow job is tested in tests/preprocess/test_runners.py;
+the other way to give the workers bonify, the prebuilt worker image, in
+tests/deploy/test_dataflow_image.py.
 """
 
 from __future__ import annotations
