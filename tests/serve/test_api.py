@@ -385,12 +385,12 @@ def test_a_bad_token_file_is_one_line(trained_job, tmp_path, capsys, monkeypatch
     assert line.startswith("bonify-serve: error: --token_file ") and message in line
 
 
-def test_a_bad_token_file_stops_before_tensorflow(tmp_path):
+def test_a_bad_token_file_stops_before_tensorflow(trained_job, tmp_path):
     empty = _write(tmp_path / "api.token", b"")
     code = (
         "import sys\n"
         "from serve.api import main\n"
-        f"code = main(['--model', 'demo_output/job', '--token_file', {empty!r}])\n"
+        f"code = main(['--model', {str(trained_job)!r}, '--token_file', {empty!r}])\n"
         "assert 'tensorflow' not in sys.modules, 'tensorflow imported'\n"
         "sys.exit(code)\n"
     )
