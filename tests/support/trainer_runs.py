@@ -6,8 +6,11 @@ environment (no inherited TF_CONFIG) and the timeout are the same everywhere.
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
+import signal
+import socket
 import subprocess
 import sys
 
@@ -51,6 +54,50 @@ def run_python(*arguments: str, env: dict | None = None) -> subprocess.Completed
 def run_trainer(shards, job, config, *extra: str, env: dict | None = None):
     """Run the trainer to its end; returns the CompletedProcess (exit code not checked)."""
     return run_python(*trainer_command(shards, job, config, *extra)[1:], env=env)
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free TCP ports on 127.0.0.1."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def start_worker_group(command: list[str], count: int = 2) -> list[subprocess.Popen]:
+    """`command` started as each of `count` MultiWorkerMirroredStrategy workers on
+    127.0.0.1 (its own TF_CONFIG each), from the repository root, output piped."""
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(count)]}
+    processes = []
+    for index in range(count):
+        tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+        processes.append(
+            subprocess.Popen(
+                command,
+                cwd=REPO_ROOT,
+                env=stage_env({"TF_CONFIG": tf_config}),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    return processes
+
+
+def finish_worker_group(processes: list[subprocess.Popen]) -> list[tuple[int, str, str]]:
+    """Wait (bounded) for every worker: [(returncode, stdout, stderr)] per worker; a worker
+    still running after RUN_TIMEOUT is killed by PID."""
+    try:
+        outputs = [process.communicate(timeout=RUN_TIMEOUT) for process in processes]
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                os.kill(process.pid, signal.SIGKILL)
+    return [(p.returncode, out, err) for p, (out, err) in zip(processes, outputs, strict=True)]
 
 
 #: The smallest real run: a tiny CNN, two phases of one short epoch each (head only, then

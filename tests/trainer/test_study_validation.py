@@ -12,12 +12,9 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import pathlib
 import re
 import shutil
-import signal
-import subprocess
 import sys
 import textwrap
 
@@ -26,11 +23,10 @@ import pytest
 import yaml
 
 from tests.support.trainer_runs import (
-    REPO_ROOT,
-    RUN_TIMEOUT,
+    finish_worker_group,
     run_python,
     run_trainer,
-    stage_env,
+    start_worker_group,
 )
 from trainer.config import DEFAULTS, PHASE_DEFAULTS, dump_config, load_config, resume_conflict
 from trainer.errors import TrainerError
@@ -449,8 +445,6 @@ def test_every_worker_computes_the_study_metrics_of_the_whole_validation_split(
     """Validation records are sharded across the workers' input pipelines; the gathered
     examples make every worker score all of them, so all agree (and agree with one
     process) on the study kappa that early stopping, the plateau and the best weights use."""
-    from tests.trainer.test_training_runs import _free_ports
-
     config = tmp_path / "study.yaml"
     config.write_text(RUN_CONFIG)
     script = tmp_path / "validate.py"
@@ -465,37 +459,14 @@ def test_every_worker_computes_the_study_metrics_of_the_whole_validation_split(
     alone = _result(single.stdout)
     assert (alone["images"], alone["studies"]) == (validation["images"], validation["studies"])
 
-    ports = _free_ports(2)
-    cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
-    workers = []
-    for index in range(2):
-        tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
-        workers.append(
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    str(script),
-                    str(wide_validation_shards),
-                    str(tmp_path / "group"),
-                    str(config),
-                    "multi_worker",
-                ],
-                cwd=REPO_ROOT,
-                env=stage_env({"TF_CONFIG": tf_config}),
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )  # fmt: skip
-        )
-    try:
-        outputs = [worker.communicate(timeout=RUN_TIMEOUT) for worker in workers]
-    finally:
-        for worker in workers:
-            if worker.poll() is None:
-                os.kill(worker.pid, signal.SIGKILL)
-    for worker, (_, stderr) in zip(workers, outputs, strict=True):
-        assert worker.returncode == 0, stderr[-3000:]
-    first, second = (_result(stdout) for stdout, _ in outputs)
+    workers = start_worker_group(
+        [sys.executable, str(script), str(wide_validation_shards), str(tmp_path / "group"),
+         str(config), "multi_worker"]
+    )  # fmt: skip
+    outputs = finish_worker_group(workers)
+    for returncode, _, stderr in outputs:
+        assert returncode == 0, stderr[-3000:]
+    first, second = (_result(stdout) for _, stdout, _ in outputs)
     assert first == second
     # The same seed builds the same initial model under either strategy.
     assert first["images"] == alone["images"] and first["digest"] == alone["digest"]

@@ -13,7 +13,6 @@ import pathlib
 import random
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,8 +24,10 @@ from tests.support.trainer_runs import (
     REPO_ROOT,
     RUN_TIMEOUT,
     final_weights,
+    finish_worker_group,
     run_trainer,
     stage_env,
+    start_worker_group,
     trainer_command,
 )
 
@@ -288,46 +289,13 @@ def test_mirrored_on_two_logical_cpus_trains_all_phases(mirrored_job):
     assert epochs_per_phase(job) == [2, 1, 2]
 
 
-def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
 def _start_workers(shards, job, config) -> list[subprocess.Popen]:
-    ports = _free_ports(2)
-    cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
-    processes = []
-    for index in range(2):
-        tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
-        processes.append(
-            subprocess.Popen(
-                trainer_command(shards, job, config, "--strategy", "multi_worker"),
-                cwd=REPO_ROOT,
-                env=stage_env({"TF_CONFIG": tf_config}),
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )  # fmt: skip
-        )
-    return processes
+    return start_worker_group(trainer_command(shards, job, config, "--strategy", "multi_worker"))
 
 
 def _run_workers(shards, job, config) -> list[tuple[int, str, str]]:
     """Run a 2-worker group to the end: [(returncode, stdout, stderr)] per worker."""
-    processes = _start_workers(shards, job, config)
-    try:
-        outputs = [process.communicate(timeout=RUN_TIMEOUT) for process in processes]
-    finally:
-        for process in processes:
-            if process.poll() is None:
-                os.kill(process.pid, signal.SIGKILL)
-    return [(p.returncode, out, err) for p, (out, err) in zip(processes, outputs, strict=True)]
+    return finish_worker_group(_start_workers(shards, job, config))
 
 
 def _fingerprints(results) -> list[str]:
