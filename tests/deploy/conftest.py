@@ -16,7 +16,6 @@ import json
 import os
 import pathlib
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ import types
 import pytest
 
 from bonify.vocabulary import MANIFEST_FILE
+from tests.support.trainer_runs import free_ports
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 RUN_TIMEOUT_S = 300
@@ -96,17 +96,6 @@ def stop_group(process: subprocess.Popen, timeout_s: float = 15) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=timeout_s)
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 def pod_env(index: int, num_workers: int, ports: list[int]) -> dict[str, str]:
